@@ -1,0 +1,52 @@
+"""Flat LambdaCDM distances and volumes on the redshift grid, built with astropy.
+
+A19 and Ueda et al. 2014 use H0 = 70 km/s/Mpc, Omega_m = 0.3, Omega_Lambda = 0.7. astropy
+computes the tables once (no radiation term, so they match the papers' cosmology); torch
+holds them as float64 tensors for the loss path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._tensor import DTYPE
+from .errors import PopsynthError
+
+MPC_CM = 3.0856775814913673e24  # cm per Mpc (IAU 2015 pc definition, as astropy.units)
+
+
+@dataclass(frozen=True)
+class CosmologyParams:
+    """Flat LambdaCDM parameters: H0 in km/s/Mpc, Om0 dimensionless (Omega_Lambda = 1 - Om0)."""
+
+    H0: float = 70.0
+    Om0: float = 0.3
+
+    def astropy(self):
+        """The matching ``astropy.cosmology.FlatLambdaCDM`` (no radiation, Tcmb0 = 0)."""
+        from astropy.cosmology import FlatLambdaCDM
+
+        return FlatLambdaCDM(H0=self.H0, Om0=self.Om0, Tcmb0=0.0)
+
+
+def distance_tables(z, params: CosmologyParams = CosmologyParams(), device=None) -> dict[str, torch.Tensor]:
+    """Distances and volume elements at redshifts ``z`` (any 1-D array-like, z > 0).
+
+    Returns a dict of float64 tensors of shape [nz]:
+      - ``z``: the redshifts;
+      - ``d_l_cm``: luminosity distance d_L in cm;
+      - ``dvc_dz_dsr_mpc3``: comoving volume element dV_c / (dz dOmega) in Mpc^3 sr^-1;
+      - ``efunc``: E(z) = H(z)/H0, dimensionless.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 1 or not np.all(np.isfinite(z)) or np.any(z <= 0):
+        raise PopsynthError("redshift grid must be a 1-D array of finite values > 0", "check the z grid")
+    cosmo = params.astropy()
+    d_l = cosmo.luminosity_distance(z).to_value("Mpc") * MPC_CM
+    dvc = cosmo.differential_comoving_volume(z).to_value("Mpc3 / sr")
+    ez = cosmo.efunc(z)
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=DTYPE, device=device)  # noqa: E731
+    return {"z": t(z), "d_l_cm": t(d_l), "dvc_dz_dsr_mpc3": t(dvc), "efunc": t(ez)}
