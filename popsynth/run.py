@@ -1,0 +1,338 @@
+"""A fitting run: set-up, the batched fit loop with checkpoints and resume, and the outputs.
+
+``run(RunConfig(...))`` is what ``python train.py`` does. Files written to ``config.out``:
+checkpoint.pt, xlf_best.h5, xlf_best_a19.npy, cxb_model.ecsv, summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._tensor import DTYPE, as_tensor, resolve_device
+from .cosmology import CosmologyParams, distance_tables
+from .cxb import CXBModel, block_response, cxb_kernel
+from .data.cxb import TRAINING_SETS, load_cxb
+from .errors import PopsynthError
+from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, chi2_by_dataset, initial_weights,
+                  make_optimizer, prior_residuals, residuals)
+from .galaxies import GALAXY_MODELS
+from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
+from .io import export_xlf_hdf5, load_checkpoint, save_checkpoint, write_cxb_table, write_json, XLFCube
+from .progress import Progress
+from .spectra.model import build_spectral_table
+from .spectra.sets import get_spectral_set
+from .xlf import apply_block_weights, build_phi0
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run (stored in the checkpoint; a run is reproducible from it)."""
+
+    spec_set: int = 5
+    starts: int = 100
+    steps: int | None = None  # default: the optimizer's default_steps
+    lr: float | None = None  # default: the optimizer's default_lr
+    optimizer: str = "lm"
+    loss: str = "chi2"
+    sys_floor: float = 0.0
+    weight_prior: float = 1.0  # dex; <= 0 disables
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "checkpoints/spec-set-5"
+    draws: int = 64
+    spectra_seed: int = 0
+    galaxies: str = "a19"
+    absorption: str = "a19"
+    datasets: tuple = TRAINING_SETS
+    checkpoint_every: int = 20
+    rtol: float = 1e-6
+    patience: int = 10
+    init_range: tuple = (0.3, 5.0)
+    progress: bool = True
+
+    def validate(self) -> None:
+        get_spectral_set(self.spec_set)
+        make_optimizer(self.optimizer, self.lr)
+        if self.loss not in LOSSES:
+            raise PopsynthError(f"unknown loss '{self.loss}'", f"use --loss {' or '.join(LOSSES)}")
+        if self.starts < 1:
+            raise PopsynthError(f"--starts must be >= 1, got {self.starts}", "pass a positive number of starts")
+        if self.steps is not None and self.steps < 1:
+            raise PopsynthError(f"--steps must be >= 1, got {self.steps}", "pass a positive number of steps")
+        if not (0 <= self.sys_floor < 1):
+            raise PopsynthError(f"--sys-floor must be a fraction in [0, 1), got {self.sys_floor}", "e.g. --sys-floor 0.03")
+        if self.galaxies not in GALAXY_MODELS:
+            raise PopsynthError(f"unknown galaxy model '{self.galaxies}'", f"use one of {sorted(GALAXY_MODELS)}")
+        lo, hi = self.init_range
+        if not (0 < lo < hi):
+            raise PopsynthError(f"bad initial weight range {self.init_range}", "use 0 < low < high")
+        if self.draws < 1:
+            raise PopsynthError(f"--draws must be >= 1, got {self.draws}", "pass a positive number of draws")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["datasets"] = list(self.datasets)
+        d["init_range"] = list(self.init_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        d["datasets"] = tuple(d.get("datasets", TRAINING_SETS))
+        d["init_range"] = tuple(d.get("init_range", (0.3, 5.0)))
+        return cls(**d)
+
+
+@dataclass
+class Problem:
+    """Everything built once per run: grid, cubes, spectra, data, CXB models."""
+
+    grid: Grid
+    phi0: torch.Tensor  # [nz, nL, nN] Mpc^-3 dex^-2
+    data: FitData
+    model: CXBModel  # at the data energies
+    fine: CXBModel  # on a fine energy grid, for the output table
+    ct_blocks: dict = field(default_factory=dict)  # zmax -> number of AGN per block [15]
+    spectra_meta: dict = field(default_factory=dict)
+    setup_seconds: float = 0.0
+
+
+FINE_ENERGY = np.logspace(np.log10(0.3), np.log10(300.0), 241)  # keV
+
+
+def block_counts(phi0: torch.Tensor, grid: Grid, zmax: float, cosmology: CosmologyParams = CosmologyParams()) -> torch.Tensor:
+    """Number of AGN per block, all sky, from the first z node to ``zmax``: [15].
+
+    N_k = 4 pi int dz dV_c/(dz dOmega) int_k phi0 dlogL dlogN_H, trapezoid in z over the nodes
+    <= zmax (zmax must be a node). Used for CT fractions: N_CT / N_all is linear in the weights.
+    """
+    zsel = grid.z <= zmax + 1e-9
+    if not np.isclose(grid.z[zsel][-1], zmax):
+        raise PopsynthError(f"z = {zmax} is not a grid node", "use a z grid that contains it")
+    from .grid import trapezoid_weights
+
+    zz = grid.z[zsel]
+    d = distance_tables(zz, cosmology, device=phi0.device)
+    wz = as_tensor(trapezoid_weights(zz), phi0.device) * d["dvc_dz_dsr_mpc3"] * 4 * math.pi
+    masks = grid.block_masks(phi0.device)
+    dl, dn = as_tensor(grid.dlogl, phi0.device), as_tensor(grid.dlognh, phi0.device)
+    per_cell = torch.einsum("zln,z,l,n->ln", phi0[zsel], wz, dl, dn)
+    return torch.einsum("ln,kln->k", per_cell, masks)
+
+
+def ct_fraction(weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Intrinsic CT fraction N(log N_H >= 24) / N(all) per start: weights [B, 15], counts [15] -> [B]."""
+    n = weights * counts
+    return n[:, 10:].sum(-1) / n.sum(-1)
+
+
+def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
+    t0 = time.time()
+    grid = Grid()
+    phi0 = build_phi0(grid, cfg.absorption, device=device)
+    phi1 = build_phi0(grid, cfg.absorption, l_moment=1, device=device)
+    table = build_spectral_table(cfg.spec_set, grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed, device=device)
+    datasets = load_cxb(cfg.datasets)
+    data = FitData.from_cxb(datasets, device=device)
+    gal = GALAXY_MODELS[cfg.galaxies]
+    models = []
+    for e in (data.energy, as_tensor(FINE_ENERGY, device)):
+        k = cxb_kernel(table, grid, e, device=device)
+        models.append(CXBModel(block_response(phi1, k, grid), e, gal(e).to(device)))
+    ct = {zmax: block_counts(phi0, grid, zmax) for zmax in (0.1, 1.0)}
+    return Problem(grid, phi0, data, models[0], models[1], ct, table.meta, time.time() - t0)
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    bad = ~torch.isfinite(loss)
+    if bad.any():
+        idx = torch.nonzero(bad)[:, 0][:5].tolist()
+        raise PopsynthError(f"non-finite loss at step {step} in start(s) {idx}",
+                            "lower --lr, or use --optimizer lm; the last finite state is in the checkpoint")
+
+
+def run(cfg: RunConfig, resume: str | None = None, log=print) -> dict:
+    """Fit (or resume) and write all outputs; returns the summary dict."""
+    t_start = time.time()
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(resume)
+        steps_override = cfg.steps
+        cfg = RunConfig.from_dict(ckpt["config"])
+        if steps_override is not None:
+            cfg.steps = steps_override
+        cfg.out = str(Path(resume) if Path(resume).is_dir() else Path(resume).parent)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    opt = make_optimizer(cfg.optimizer, cfg.lr)
+    steps = cfg.steps or opt.default_steps
+    prob = build_problem(cfg, device, log)
+    log(f"popsynth {__version__}: spectral set {cfg.spec_set}, {cfg.starts} starts, optimizer {opt.name} "
+        f"(lr {opt.lr:g}), loss {cfg.loss}, weight prior {cfg.weight_prior:g} dex, {prob.data.n} CXB points, device {device}; set-up {prob.setup_seconds:.1f} s")
+
+    def residual_fn(w):
+        r = residuals(prob.model(w), prob.data, cfg.loss, cfg.sys_floor)
+        return torch.cat([r, prior_residuals(w, cfg.weight_prior)], dim=-1)
+
+    conv = Convergence(cfg.rtol, cfg.patience)
+    if ckpt is not None:
+        state = {k: v.to(device) for k, v in ckpt["opt_state"].items()}
+        conv_state = {k: v.to(device) for k, v in ckpt["conv_state"].items()}
+        w0 = ckpt["w0"].to(device)
+        step0 = int(ckpt["step"])
+        history = list(ckpt.get("history", []))
+        wall_before = float(ckpt.get("wall_seconds", 0.0))
+        log(f"resuming from step {step0} of {steps} ({out / 'checkpoint.pt'})")
+    else:
+        w0 = initial_weights(cfg.starts, N_BLOCKS, cfg.seed, *cfg.init_range, device=device)
+        state = opt.init(w0)
+        loss0 = (residual_fn(w0) ** 2).sum(-1)
+        _check_finite(loss0, 0)
+        conv_state = conv.init(loss0)
+        step0, history, wall_before = 0, [], 0.0
+
+    def checkpoint(step, finished):
+        save_checkpoint(out / "checkpoint.pt", {
+            "config": cfg.to_dict(), "step": step, "opt_state": state, "conv_state": conv_state, "w0": w0,
+            "history": history, "finished": finished, "wall_seconds": wall_before + time.time() - t_start})
+
+    bar = Progress(steps, f"fit set {cfg.spec_set}", enabled=cfg.progress)
+    step = step0
+    while step < steps and not bool(conv.stalled(conv_state).all()):
+        new_state, loss = opt.step(state, residual_fn)
+        if not torch.isfinite(loss).all():
+            checkpoint(step, False)
+            _check_finite(loss, step + 1)
+        state = new_state
+        step += 1
+        conv_state = conv.update(conv_state, loss)
+        history.append([step, float(loss.min()), float(loss.median())])
+        bar.update(step, f"best loss {float(loss.min()):.4g}")
+        if step % cfg.checkpoint_every == 0:
+            checkpoint(step, False)
+    bar.close()
+    checkpoint(step, True)
+    summary = write_outputs(cfg, prob, opt.weights(state).detach(), step, steps, conv.stalled(conv_state),
+                            wall_before + time.time() - t_start, out)
+    log(format_table(summary))
+    return summary
+
+
+def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, steps: int, stalled: torch.Tensor,
+                  wall: float, out: Path) -> dict:
+    """Evaluate all starts, pick the best, write the XLF, CXB table and summary.json."""
+    data = prob.data
+    pred = prob.model(w)
+    cost = a19_cost(pred, data)
+    chi2 = chi2_by_dataset(pred, data, cfg.sys_floor)
+    chi2_tot = chi2.sum(-1)
+    converged = cost <= A19_CONVERGED_COST
+    pool = converged if bool(converged.any()) else torch.ones_like(converged)
+    best = int(torch.argmin(torch.where(pool, chi2_tot, torch.full_like(chi2_tot, math.inf))))
+    ctf = {z: ct_fraction(w, c) for z, c in prob.ct_blocks.items()}
+    wb = w[best:best + 1]
+    grid = prob.grid
+    cube = apply_block_weights(prob.phi0, wb, grid)[0].cpu().numpy()
+    n_pts = [int((data.dataset == i).sum()) for i in range(len(data.names))]
+    fit_stats = {
+        "chi2_cxb": {n: float(chi2[best, i]) for i, n in enumerate(data.names)},
+        "n_points": dict(zip(data.names, n_pts)),
+        "chi2_total": float(chi2_tot[best]),
+        "dof": data.n - N_BLOCKS,
+        "reduced_chi2_cxb": float(chi2_tot[best]) / (data.n - N_BLOCKS),
+        "a19_cost": float(cost[best]),
+    }
+    spec = get_spectral_set(cfg.spec_set)
+    attrs = {"spec_set": cfg.spec_set, "spec_set_description": spec.description, "spectral_set": spec.describe(),
+             "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "weights": wb[0].tolist(), "block_names": block_names(),
+             "fit_statistics": fit_stats, "config": cfg.to_dict(), "best_start": best,
+             "absorption_function": cfg.absorption, "xlf_start": "Ueda et al. 2014 LDDE x absorption function"}
+    export_xlf_hdf5(out / "xlf_best.h5", cube, grid, attrs,
+                    extra={"weights_all_starts": w.cpu().numpy(), "converged": converged.cpu().numpy(),
+                           "a19_cost_all_starts": cost.cpu().numpy(), "chi2_all_starts": chi2_tot.cpu().numpy()})
+    xc = XLFCube(cube, grid.z, grid.logl, grid.logl_edges, grid.lognh, grid.lognh_edges, attrs)
+    a19 = xc.a19_layout()
+    from .io import atomic_write
+
+    atomic_write(out / "xlf_best_a19.npy", lambda tmp: np.save(open(tmp, "wb"), a19))
+    fine = prob.fine
+    cols = {"energy": fine.energy.cpu().numpy(), "total": fine(wb)[0].cpu().numpy()}
+    by = fine.by_class(wb)[0]
+    for c, name in enumerate(NH_CLASS_NAMES):
+        cols[f"agn_{name}"] = by[c].cpu().numpy()
+    cols["galaxies"] = fine.extra.cpu().numpy()
+    if int(converged.sum()) >= 2:
+        allc = fine(w[converged]).cpu().numpy()
+        cols["total_p16"], cols["total_p84"] = np.percentile(allc, [16, 84], axis=0)
+    write_cxb_table(out / "cxb_model.ecsv", cols, {
+        "quantity": "E^2 dN/dE of the model CXB, best start; total = AGN classes + galaxies",
+        "spec_set": cfg.spec_set, "galaxies": cfg.galaxies, "best_start": best, "popsynth_version": __version__,
+        "p16_p84": "spread over converged starts" if "total_p16" in cols else "fewer than 2 converged starts"})
+
+    def spread(x: torch.Tensor) -> dict:
+        sel = x[converged] if bool(converged.any()) else x
+        q = torch.quantile(sel, torch.tensor([0.16, 0.5, 0.84], dtype=sel.dtype, device=sel.device)).tolist()
+        return {"median": q[1], "p16": q[0], "p84": q[2], "std": float(sel.std()) if sel.numel() > 1 else 0.0,
+                "best_start": float(x[best]), "n": int(sel.numel())}
+
+    summary = {
+        "popsynth_version": __version__,
+        "spec_set": cfg.spec_set,
+        "n_starts": cfg.starts,
+        "n_converged": int(converged.sum()),
+        "convergence_criterion": f"A19 eq. B3 cost <= {A19_CONVERGED_COST}",
+        "n_stalled": int(stalled.sum()),
+        "steps_done": step,
+        "steps_max": steps,
+        "optimizer": cfg.optimizer,
+        "loss": cfg.loss,
+        "sys_floor": cfg.sys_floor,
+        "weight_prior_dex": cfg.weight_prior,
+        "seed": cfg.seed,
+        "best_start": best,
+        "best_weights": dict(zip(block_names(), wb[0].tolist())),
+        **fit_stats,
+        "ct_fraction_z0.1": spread(ctf[0.1]),
+        "ct_fraction_z1.0": spread(ctf[1.0]),
+        "wall_seconds": round(wall, 3),
+        "setup_seconds": round(prob.setup_seconds, 3),
+        "spectra": {"components": [c["name"] for c in prob.spectra_meta.get("components", [])],
+                    "n_draws": prob.spectra_meta.get("n_draws"), "cache_key": prob.spectra_meta.get("key")},
+        "files": {k: str(out / v) for k, v in (("checkpoint", "checkpoint.pt"), ("xlf_hdf5", "xlf_best.h5"),
+                                                ("xlf_a19_npy", "xlf_best_a19.npy"), ("cxb_table", "cxb_model.ecsv"),
+                                                ("summary", "summary.json"))},
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_table(s: dict) -> str:
+    """A19 Table 5 style: chi^2 per CXB dataset for the best start, plus CT fractions."""
+    a19_ref = {"chandra_cosmos": ("Chandra COSMOS", 25, 21.75), "rxte": ("RXTE", 34, 17.98),
+               "swift_bat": ("Swift-BAT", 15, 11.66)}
+    lines = [f"CXB fit, spectral set {s['spec_set']}: {s['n_converged']}/{s['n_starts']} starts converged "
+             f"({s['convergence_criterion']}); best start {s['best_start']}",
+             f"{'CXB constraint':<18}{'points':>8}{'chi2':>10}{'A19 set 5':>12}"]
+    for name, chi in s["chi2_cxb"].items():
+        label, _, ref = a19_ref.get(name, (name, 0, float("nan")))
+        lines.append(f"{label:<18}{s['n_points'][name]:>8}{chi:>10.2f}{ref:>12.2f}")
+    lines.append(f"{'Total':<18}{sum(s['n_points'].values()):>8}{s['chi2_total']:>10.2f}{51.4:>12.2f}")
+    lines.append(f"{'Reduced chi2':<18}{s['dof']:>8}{s['reduced_chi2_cxb']:>10.2f}{0.87:>12.2f}")
+    for z, ref in (("0.1", "50 +/- 9 %"), ("1.0", "56 +/- 7 %")):
+        c = s[f"ct_fraction_z{z}"]
+        lines.append(f"CT fraction to z={z}: {100 * c['median']:.1f} % (16-84 %: {100 * c['p16']:.1f}-{100 * c['p84']:.1f} %, "
+                     f"best start {100 * c['best_start']:.1f} %; A19 set 5: {ref})")
+    lines.append(f"wall time {s['wall_seconds']:.1f} s; outputs in {Path(s['files']['summary']).parent}")
+    return "\n".join(lines)
