@@ -1,0 +1,106 @@
+"""Losses and batched optimisers: formulas by hand, recovery of known weights, batch independence."""
+
+import pytest
+import torch
+
+from popsynth.errors import PopsynthError
+from popsynth.fit import (Convergence, FitData, a19_cost, chi2_by_dataset, initial_weights, make_optimizer,
+                          prior_residuals, residuals)
+
+D = torch.float64
+
+
+def _toy(n=30, seed=0):
+    """A linear 'CXB' with 15 positive block responses, like the real problem's structure."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.logspace(0, 2, n, dtype=D)
+    resp = torch.rand(15, n, dtype=D, generator=g) * (e / 10) ** torch.linspace(-1, 1, 15, dtype=D)[:, None] + 0.05
+    w_true = 0.5 + 2 * torch.rand(1, 15, dtype=D, generator=g)
+    obs = (w_true @ resp)[0]
+    err = 0.02 * obs
+    data = FitData(e, obs, err, err * 1.5, torch.zeros(n, dtype=torch.long), ("toy",), ("toy",))
+    return resp, w_true, data
+
+
+def test_cost_and_chi2_by_hand():
+    obs = torch.tensor([10.0, 20.0, 30.0], dtype=D)
+    data = FitData(torch.ones(3, dtype=D), obs, torch.tensor([1.0, 2.0, 3.0], dtype=D),
+                   torch.tensor([2.0, 4.0, 6.0], dtype=D), torch.tensor([0, 0, 1]), ("a", "b"), ("a", "b"))
+    pred = torch.tensor([[12.0, 18.0, 30.0]], dtype=D)
+    # A19 eq. B3: (4 + 4 + 0) / (2 * 3)
+    assert a19_cost(pred, data).item() == pytest.approx(8 / 6)
+    # chi2: model above obs uses err_hi (2), below uses err_lo (2): (2/2)^2 + (2/2)^2 + 0
+    torch.testing.assert_close(chi2_by_dataset(pred, data), torch.tensor([[2.0, 0.0]], dtype=D))
+    # systematic floor 10 %: sigma^2 = 4 + 1 and 4 + 4
+    c = chi2_by_dataset(pred, data, sys_floor=0.1)
+    assert c[0, 0].item() == pytest.approx(4 / 5 + 4 / 8)
+    assert (residuals(pred, data, "a19") ** 2).sum().item() == pytest.approx(8 / 6)
+
+
+@pytest.mark.parametrize("name,steps", [("lm", 40), ("adam", 1500)])
+def test_optimisers_recover_known_weights(name, steps):
+    resp, w_true, data = _toy()
+    opt = make_optimizer(name)
+    w0 = initial_weights(4, 15, seed=1)
+    state = opt.init(w0)
+
+    def fn(w):
+        return residuals(w @ resp, data, "chi2")
+
+    loss = None
+    for _ in range(steps):
+        state, loss = opt.step(state, fn)
+    assert float(loss.max()) < (1e-6 if name == "lm" else 0.5)  # chi2 over 30 points; start is ~1e5
+    if name == "lm":
+        torch.testing.assert_close(opt.weights(state), w_true.expand(4, -1), rtol=1e-4, atol=0)
+
+
+def test_gradient_descent_decreases_a19_cost_and_keeps_weights_positive():
+    resp, _, data = _toy()
+    opt = make_optimizer("gd", lr=1e-3)
+    state = opt.init(initial_weights(3, 15, seed=2))
+    fn = lambda w: residuals(w @ resp, data, "a19")  # noqa: E731
+    first = (fn(opt.weights(state)) ** 2).sum(-1)
+    for _ in range(300):
+        state, loss = opt.step(state, fn)
+    assert torch.all(loss < first)
+    assert torch.all(opt.weights(state) > 0)
+
+
+def test_batched_lm_equals_one_start_at_a_time():
+    resp, _, data = _toy()
+    opt = make_optimizer("lm")
+    w0 = initial_weights(3, 15, seed=5)
+    fn = lambda w: residuals(w @ resp, data, "chi2")  # noqa: E731
+    s = opt.init(w0)
+    singles = [opt.init(w0[i:i + 1]) for i in range(3)]
+    for _ in range(15):
+        s, _ = opt.step(s, fn)
+        singles = [opt.step(si, fn)[0] for si in singles]
+    torch.testing.assert_close(opt.weights(s), torch.cat([opt.weights(si) for si in singles]), rtol=1e-10, atol=0)
+
+
+def test_initial_weights_seeded_and_in_range():
+    a = initial_weights(100, 15, seed=7)
+    b = initial_weights(100, 15, seed=7)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert float(a.min()) >= 0.3 and float(a.max()) <= 5.0
+    assert not torch.equal(a, initial_weights(100, 15, seed=8))
+
+
+def test_prior_and_convergence():
+    w = torch.tensor([[1.0, 10.0, 0.1]], dtype=D)
+    torch.testing.assert_close(prior_residuals(w, 0.5), torch.tensor([[0.0, 2.0, -2.0]], dtype=D))
+    assert prior_residuals(w, 0.0).shape == (1, 0)
+    c = Convergence(rtol=1e-3, patience=2)
+    st = c.init(torch.tensor([10.0, 10.0], dtype=D))
+    for val in ([5.0, 9.9999], [4.0, 9.9998], [3.0, 9.9997]):
+        st = c.update(st, torch.tensor(val, dtype=D))
+    assert c.stalled(st).tolist() == [False, True]
+
+
+def test_bad_optimizer_and_lr():
+    with pytest.raises(PopsynthError, match="unknown optimizer"):
+        make_optimizer("sgd9")
+    with pytest.raises(PopsynthError, match="learning rate"):
+        make_optimizer("gd", lr=-1)

@@ -1,0 +1,175 @@
+"""End-to-end: train.py outputs, resume, XLF export/loader, and one-line errors for bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from popsynth.cli import main
+from popsynth.errors import PopsynthError
+from popsynth.io import load_checkpoint, load_xlf
+from popsynth.paths import data_dir
+from popsynth.run import RunConfig, run
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = dict(starts=6, draws=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    summary = run(RunConfig(out=str(out), steps=40, **SMALL), log=lambda *a: None)
+    return out, summary
+
+
+def test_outputs_and_summary(small_run):
+    out, s = small_run
+    for name in ("checkpoint.pt", "xlf_best.h5", "xlf_best_a19.npy", "cxb_model.ecsv", "summary.json"):
+        assert (out / name).exists(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("spec_set", "n_starts", "n_converged", "chi2_cxb", "reduced_chi2_cxb", "ct_fraction_z0.1",
+                "ct_fraction_z1.0", "wall_seconds", "files"):
+        assert key in on_disk
+    assert on_disk["spec_set"] == 5 and on_disk["n_starts"] == 6
+    assert set(on_disk["chi2_cxb"]) == {"chandra_cosmos", "rxte", "swift_bat"}
+    assert on_disk["n_points"] == {"chandra_cosmos": 25, "rxte": 34, "swift_bat": 15}
+    assert on_disk["reduced_chi2_cxb"] == pytest.approx(sum(on_disk["chi2_cxb"].values()) / (74 - 15))
+    for z in ("0.1", "1.0"):
+        c = on_disk[f"ct_fraction_z{z}"]
+        assert 0 < c["p16"] <= c["median"] <= c["p84"] < 1
+    assert np.load(out / "xlf_best_a19.npy").shape == (119, 150, 80)
+
+
+def test_xlf_export_roundtrip(small_run):
+    out, s = small_run
+    xlf = load_xlf(out / "xlf_best.h5")
+    assert xlf.cube.shape == (119, 120, 60)
+    # at cell centres the interpolator returns the stored cube
+    iz, il, inn = 30, 50, 35
+    assert xlf(xlf.z[iz], xlf.logl[il], xlf.lognh[inn]) == pytest.approx(xlf.cube[iz, il, inn], rel=1e-12)
+    # piecewise constant in log N_H inside a cell, linear in z between nodes
+    assert xlf(xlf.z[iz], xlf.logl[il], xlf.lognh_edges[inn] + 0.01) == pytest.approx(xlf.cube[iz, il, inn], rel=1e-12)
+    zm = 0.5 * (xlf.z[iz] + xlf.z[iz + 1])
+    assert xlf(zm, xlf.logl[il], xlf.lognh[inn]) == pytest.approx(0.5 * (xlf.cube[iz, il, inn] + xlf.cube[iz + 1, il, inn]))
+    w = json.loads(xlf.attrs["weights"])
+    assert len(w) == 15 and xlf.attrs["spec_set"] == 5
+    assert json.loads(xlf.attrs["cosmology"]) == {"H0": 70.0, "Om0": 0.3, "flat": True}
+    with pytest.raises(PopsynthError, match="outside the cube"):
+        xlf(0.5, 48.0, 22.0)
+    assert xlf(0.5, 48.0, 22.0, outside="zero") == 0.0
+
+
+def test_cxb_table_components_sum(small_run):
+    from astropy.table import Table
+
+    out, _ = small_run
+    t = Table.read(out / "cxb_model.ecsv", format="ascii.ecsv")
+    parts = t["agn_unabsorbed"] + t["agn_compton_thin"] + t["agn_compton_thick"] + t["galaxies"]
+    np.testing.assert_allclose(t["total"], parts, rtol=1e-12)
+    assert str(t["energy"].unit) == "keV"
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    quiet = dict(log=lambda *x: None)
+    full = run(RunConfig(out=str(a), steps=12, rtol=0.0, **SMALL), **quiet)
+    run(RunConfig(out=str(b), steps=5, rtol=0.0, **SMALL), **quiet)
+    assert load_checkpoint(b)["step"] == 5
+    resumed = run(RunConfig(steps=12), resume=str(b), **quiet)
+    assert resumed["steps_done"] == 12
+    wa = torch.load(a / "checkpoint.pt", weights_only=False)["opt_state"]["u"]
+    wb = torch.load(b / "checkpoint.pt", weights_only=False)["opt_state"]["u"]
+    torch.testing.assert_close(wa, wb, rtol=0, atol=0)
+    assert full["chi2_total"] == pytest.approx(resumed["chi2_total"], rel=1e-12)
+
+
+def test_reproducible_with_seed(tmp_path):
+    quiet = dict(log=lambda *x: None)
+    s1 = run(RunConfig(out=str(tmp_path / "1"), steps=5, seed=3, **SMALL), **quiet)
+    s2 = run(RunConfig(out=str(tmp_path / "2"), steps=5, seed=3, **SMALL), **quiet)
+    assert s1["best_weights"] == s2["best_weights"]
+
+
+def _cli(args, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_cli_unknown_spectral_set(capsys):
+    rc, err = _cli(["--spec-set", "7"], capsys)
+    assert rc == 2 and len(err) == 1 and "unknown spectral set '7'" in err[0] and "--spec-set 1, 2, 3, 4 or 5" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_not_available(capsys):
+    rc, err = _cli(["--device", "cuda"], capsys)
+    assert rc == 2 and len(err) == 1 and "no CUDA" in err[0] and "--device cpu" in err[0]
+
+
+def test_cli_unknown_device(capsys):
+    rc, err = _cli(["--device", "tpu7"], capsys)
+    assert rc == 2 and len(err) == 1 and "unknown device" in err[0]
+
+
+def _copy_data(tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(data_dir() / "cxb", d / "cxb")
+    return d
+
+
+def test_cli_missing_data_file(tmp_path, capsys, monkeypatch):
+    d = _copy_data(tmp_path)
+    (d / "cxb" / "rxte_revnivtsev2003.ecsv").unlink()
+    monkeypatch.setenv("POPSYNTH_DATA", str(d))
+    rc, err = _cli(["--out", str(tmp_path / "o"), "--quiet", "--starts", "2", "--draws", "2"], capsys)
+    assert rc == 2 and len(err) == 1 and "rxte" in err[0] and "not found" in err[0].lower()
+
+
+def test_cli_malformed_data_file(tmp_path, capsys, monkeypatch):
+    d = _copy_data(tmp_path)
+    p = d / "cxb" / "swift_bat_ajello2008.ecsv"
+    p.write_text(p.read_text().replace("intensity", "intensty"))
+    monkeypatch.setenv("POPSYNTH_DATA", str(d))
+    rc, err = _cli(["--out", str(tmp_path / "o"), "--quiet", "--starts", "2", "--draws", "2"], capsys)
+    assert rc == 2 and len(err) == 1 and "swift_bat" in err[0]
+
+
+def test_cli_corrupt_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02garbage-not-a-checkpoint")
+    rc, err = _cli(["--resume", str(run_dir)], capsys)
+    assert rc == 2 and len(err) == 1 and "corrupt" in err[0] and "new run" in err[0]
+    torch.save({"hello": 1}, run_dir / "checkpoint.pt")
+    rc, err = _cli(["--resume", str(run_dir)], capsys)
+    assert rc == 2 and len(err) == 1 and "not a popsynth checkpoint" in err[0]
+
+
+def test_cli_non_finite_fit_keeps_checkpoint(tmp_path, capsys):
+    out = tmp_path / "nan"
+    rc, err = _cli(["--out", str(out), "--quiet", "--starts", "3", "--draws", "2", "--optimizer", "gd",
+                    "--lr", "1e300", "--steps", "50", "--loss", "a19", "--weight-prior", "0"], capsys)
+    assert rc == 2 and len(err) == 1 and "non-finite loss" in err[0] and "--lr" in err[0]
+    ck = load_checkpoint(out)
+    assert torch.isfinite(ck["opt_state"]["w"]).all()
+
+
+def test_cli_bad_numbers(capsys):
+    for args, text in ((["--starts", "0"], "--starts"), (["--sys-floor", "2"], "--sys-floor"),
+                       (["--loss", "l1"], "unknown loss"), (["--optimizer", "sgd"], "unknown optimizer")):
+        rc, err = _cli(args, capsys)
+        assert rc == 2 and len(err) == 1 and text in err[0]
+
+
+def test_train_py_help():
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0
+    for flag in ("--spec-set", "--starts", "--steps", "--lr", "--optimizer", "--loss", "--seed", "--device", "--out", "--resume"):
+        assert flag in r.stdout
