@@ -34,9 +34,6 @@ from .errors import PopsynthError
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid
 from .spectra.model import SpectralTable
 
-MPC3_PER_CM2_FACTOR = 1.0  # documentation marker: the kernel keeps Mpc^3 and cm^-2 apart
-
-
 def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyParams = CosmologyParams(),
                device=None) -> torch.Tensor:
     """Response kernel K[z, n, e] (see module docstring).

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ._tensor import DTYPE, as_tensor
+from .errors import PopsynthError
 from .grid import N_BLOCKS, Grid
 
 
@@ -210,12 +212,8 @@ def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
     the form the CXB uses.
     """
     if absorption not in ABSORPTION_MODELS:
-        from .errors import PopsynthError
-
         raise PopsynthError(f"unknown absorption function '{absorption}'", f"use one of {sorted(ABSORPTION_MODELS)}")
     f_abs = ABSORPTION_MODELS[absorption]
-    import numpy as np
-
     x, wq = np.polynomial.legendre.leggauss(n_sub)
     lo, hi = grid.logl_edges[:-1], grid.logl_edges[1:]
     sub = 0.5 * (hi - lo)[:, None] * x[None, :] + 0.5 * (hi + lo)[:, None]  # [nL, n_sub]
@@ -237,8 +235,6 @@ def apply_block_weights(phi0: torch.Tensor, weights: torch.Tensor, grid: Grid) -
     block-contracted predictions of :mod:`popsynth.cxb`, which never build this cube.
     """
     if weights.shape[-1] != N_BLOCKS:
-        from .errors import PopsynthError
-
         raise PopsynthError(f"weights must have {N_BLOCKS} entries per start, got {weights.shape[-1]}",
                             "pass a [n_starts, 15] tensor")
     field = weights[:, grid.block_index.to(weights.device)]  # [B, nL, nN]
