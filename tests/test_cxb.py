@@ -29,7 +29,7 @@ def _power_law_table(grid):
     s = primary_spectrum(e, torch.tensor(GAMMA, dtype=torch.float64), torch.tensor(ECUT, dtype=torch.float64))
     mean = s[None].expand(grid.lognh.size, -1).clone()
     edges = torch.as_tensor(grid.lognh_edges)
-    return SpectralTable(e, edges, torch.as_tensor(grid.lognh), mean, {"primary": mean}, {}, {})
+    return SpectralTable(e, edges, torch.as_tensor(grid.lognh), mean, {"primary": mean}, mean[None], {}, {})
 
 
 def _cube(grid):

@@ -35,6 +35,7 @@ from ..physics.crosssections import sigma_compton, sigma_photo
 from .primary import primary_spectrum
 from .sets import PARAM_NAMES, SpectralSet, draw_parameters, get_spectral_set
 
+TABLE_FORMAT = 2  # bumped when SpectralTable's fields change meaning (2: per_draw added)
 OBSCURED_LOGNH = 22.0  # A19: "obscured means log N_H >= 22"
 
 
@@ -116,6 +117,10 @@ class SpectralTable:
       mean: [nN, nE], photons s^-1 keV^-1 per erg/s of intrinsic L(2-10), averaged over the
         draws and over log N_H inside each cell;
       components: {name: [nN, nE]} the same per component (they sum to ``mean``);
+      per_draw: [D, nN, nE] the total spectrum of each parameter draw, averaged over log N_H
+        inside each cell (``mean`` is its average over draws). Cells with log N_H < 22 use the
+        unobscured draws (row 0 of ``params``), the others the obscured draws (row 1). Number
+        counts use it so that the spread of spectral parameters spreads the band fluxes;
       params: {name: [2, D]} the draws (row 0 unobscured, row 1 obscured);
       meta: description (spectral set, draws, seed, components, key, version).
     """
@@ -125,14 +130,19 @@ class SpectralTable:
     lognh: torch.Tensor
     mean: torch.Tensor
     components: dict[str, torch.Tensor]
+    per_draw: torch.Tensor
     params: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
 
     def to(self, device) -> "SpectralTable":
         mv = lambda t: t.to(device)  # noqa: E731
         return SpectralTable(mv(self.energy), mv(self.lognh_edges), mv(self.lognh), mv(self.mean),
-                             {k: mv(v) for k, v in self.components.items()},
+                             {k: mv(v) for k, v in self.components.items()}, mv(self.per_draw),
                              {k: mv(v) for k, v in self.params.items()}, dict(self.meta))
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.per_draw.shape[0])
 
 
 def spectra_per_draw(spec: SpectralSet | int, log_nh, energy=None, n_draws: int = 64, seed: int = 0,
@@ -184,7 +194,8 @@ def build_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_dr
     payload = {"spec": spec.describe(), "energy": [float(energy[0]), float(energy[-1]), energy.numel()],
                "energy_hash": hashlib.sha256(energy.numpy().tobytes()).hexdigest(),
                "lognh_edges": edges.tolist(), "n_draws": n_draws, "seed": seed, "n_sub": n_sub,
-               "components": [c.describe() for c in comps], "version": __version__}
+               "components": [c.describe() for c in comps], "version": __version__,
+               "table_format": TABLE_FORMAT}
     key = _table_key(payload)
     path = None
     if cache:
@@ -205,6 +216,7 @@ def build_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_dr
     params = draw_parameters(spec, n_draws, seed)
     n_cells = edges.numel() - 1
     comp_tab = {c.name: torch.zeros(n_cells, energy.numel(), dtype=DTYPE) for c in comps}
+    per_draw = torch.zeros(n_draws, n_cells, energy.numel(), dtype=DTYPE)
     for cls in (0, 1):
         cells = np.nonzero((lo >= OBSCURED_LOGNH) if cls else (lo < OBSCURED_LOGNH))[0]
         if cells.size == 0:
@@ -215,20 +227,23 @@ def build_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_dr
             cc = cells[start:start + 8]
             lnh = torch.as_tensor(sub[cc].reshape(-1), dtype=DTYPE)
             for c in comps:
-                s = c.spectrum(energy, prim, p, lnh).mean(0)  # [len(cc)*n_sub, nE] draw average
-                comp_tab[c.name][cc] = (s.reshape(cc.size, n_sub, -1) * wsub[None, :, None]).sum(1)
-    mean = sum(comp_tab.values())
+                s = c.spectrum(energy, prim, p, lnh)  # [D, len(cc)*n_sub, nE]
+                s = (s.reshape(n_draws, cc.size, n_sub, -1) * wsub[None, None, :, None]).sum(2)
+                per_draw[:, cc] += s
+                comp_tab[c.name][cc] = s.mean(0)
+    mean = per_draw.mean(0)
     if not torch.isfinite(mean).all() or (mean < 0).any():
         raise PopsynthError("the spectral table has non-finite or negative values",
                             "check the spectral-set parameters and the energy grid")
     meta = {**payload, "key": key, "spec_set": spec.number}
-    table = SpectralTable(energy, edges, 0.5 * (edges[1:] + edges[:-1]), mean, comp_tab,
+    table = SpectralTable(energy, edges, 0.5 * (edges[1:] + edges[:-1]), mean, comp_tab, per_draw,
                           {k: v.clone() for k, v in params.items()}, meta)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save({"energy": table.energy, "lognh_edges": table.lognh_edges, "lognh": table.lognh,
-                    "mean": table.mean, "components": table.components, "params": table.params,
+                    "mean": table.mean, "components": table.components, "per_draw": table.per_draw,
+                    "params": table.params,
                     "meta": table.meta}, tmp)
         os.replace(tmp, path)
     return table.to(device)
