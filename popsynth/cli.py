@@ -48,9 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="resume the run in this folder (or checkpoint.pt); its stored settings are used, --steps may extend it")
     p.add_argument("--draws", type=int, default=64, help="spectral parameter draws per class (default 64)")
-    p.add_argument("--galaxies", default="a19", metavar="{a19,none}", help="galaxy CXB term: a19 (default) or none")
+    p.add_argument("--galaxies", default="a19", metavar="{a19,sfr,none}",
+                   help="galaxy CXB term: a19 (A19 fixed shape, default), sfr (X-ray binaries from cosmic SFR history) or none")
     p.add_argument("--absorption", default="a19", metavar="{a19,u14}",
                    help="starting absorption function: a19 = U14+R15 (A19 App. A, default) or u14")
+    p.add_argument("--spectral-model", default="a19", metavar="{a19,a19-incident-cutoff,a19-full-absorber,transmitted}",
+                   help="AGN spectrum: a19 = scattered + transmitted + pexmon-like reflection + torus reprocessing "
+                        "(A19 sec. 5.2, default); a19-incident-cutoff = torus reprocesses the cutoff power law; "
+                        "a19-full-absorber = reflection also Compton-attenuated; transmitted = no reflection, no torus")
+    p.add_argument("--torus-table", default=None, metavar="FITS",
+                   help="XSPEC torus atable (torus1006.fits, UXCLUMPY, borus02) replacing the built-in Monte Carlo torus")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -65,7 +72,8 @@ def main(argv=None) -> int:
         cfg = RunConfig(spec_set=spec, starts=args.starts, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                         loss=args.loss, sys_floor=args.sys_floor, weight_prior=args.weight_prior, seed=args.seed,
                         device=args.device, out=args.out or f"checkpoints/spec-set-{spec}", draws=args.draws,
-                        galaxies=args.galaxies, absorption=args.absorption, progress=not args.quiet)
+                        galaxies=args.galaxies, absorption=args.absorption, spectral_model=args.spectral_model,
+                        torus_table=args.torus_table, progress=not args.quiet)
         if not args.resume:
             cfg.validate()
             from ._tensor import resolve_device

@@ -28,7 +28,7 @@ from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
 from .io import export_xlf_hdf5, load_checkpoint, save_checkpoint, write_cxb_table, write_json, XLFCube
 from .progress import Progress
-from .spectra.model import build_spectral_table
+from .spectra.model import SPECTRAL_MODELS, build_spectral_table, make_components
 from .spectra.sets import get_spectral_set
 from .xlf import apply_block_weights, build_phi0
 
@@ -52,6 +52,8 @@ class RunConfig:
     spectra_seed: int = 0
     galaxies: str = "a19"
     absorption: str = "a19"
+    spectral_model: str = "a19"
+    torus_table: str | None = None
     datasets: tuple = TRAINING_SETS
     checkpoint_every: int = 20
     rtol: float = 1e-6
@@ -75,6 +77,12 @@ class RunConfig:
         lo, hi = self.init_range
         if not (0 < lo < hi):
             raise PopsynthError(f"bad initial weight range {self.init_range}", "use 0 < low < high")
+        if self.spectral_model not in SPECTRAL_MODELS:
+            raise PopsynthError(f"unknown spectral model '{self.spectral_model}'",
+                                f"use --spectral-model {' or '.join(SPECTRAL_MODELS)}")
+        if self.torus_table is not None and not Path(self.torus_table).is_file():
+            raise PopsynthError(f"torus table '{self.torus_table}' not found",
+                                "pass the path of an XSPEC atable FITS file (e.g. torus1006.fits)")
         if self.draws < 1:
             raise PopsynthError(f"--draws must be >= 1, got {self.draws}", "pass a positive number of draws")
 
@@ -141,7 +149,8 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
     grid = Grid()
     phi0 = build_phi0(grid, cfg.absorption, device=device)
     phi1 = build_phi0(grid, cfg.absorption, l_moment=1, device=device)
-    table = build_spectral_table(cfg.spec_set, grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed, device=device)
+    table = build_spectral_table(cfg.spec_set, grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
+                                 components=make_components(cfg.spectral_model, cfg.torus_table), device=device)
     datasets = load_cxb(cfg.datasets)
     data = FitData.from_cxb(datasets, device=device)
     gal = GALAXY_MODELS[cfg.galaxies]
@@ -308,7 +317,8 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         "ct_fraction_z1.0": spread(ctf[1.0]),
         "wall_seconds": round(wall, 3),
         "setup_seconds": round(prob.setup_seconds, 3),
-        "spectra": {"components": [c["name"] for c in prob.spectra_meta.get("components", [])],
+        "spectra": {"model": cfg.spectral_model, "torus_table": cfg.torus_table,
+                    "components": [c["name"] for c in prob.spectra_meta.get("components", [])],
                     "n_draws": prob.spectra_meta.get("n_draws"), "cache_key": prob.spectra_meta.get("key")},
         "files": {k: str(out / v) for k, v in (("checkpoint", "checkpoint.pt"), ("xlf_hdf5", "xlf_best.h5"),
                                                 ("xlf_a19_npy", "xlf_best_a19.npy"), ("cxb_table", "cxb_model.ecsv"),

@@ -615,11 +615,28 @@ def default_table_path(kind: str) -> Path:
     return data_dir() / "greens" / f"{kind}.h5"
 
 
+_LOADED: dict = {}
+
+
 def load_greens(kind: str) -> GreensTable:
-    """Read the shipped table of ``kind`` ("torus" or "slab") from data/greens/."""
+    """Read the shipped table of ``kind`` ("torus" or "slab") from data/greens/.
+
+    Tables are read once per process (keyed by path, size and modification time) and shared;
+    treat the returned table as read-only."""
     if kind not in ("torus", "slab"):
         raise PopsynthError(f"unknown Green's function kind '{kind}'", "use 'torus' or 'slab'")
-    return read_greens(default_table_path(kind))
+    path = default_table_path(kind)
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
+    table = read_greens(path)
+    if key is not None:
+        _LOADED[key] = table
+    return table
 
 
 # ------------------------------------------------------------------------------------------
@@ -677,7 +694,7 @@ def _inclination_weights(cos_edges: torch.Tensor, split: int, ci: torch.Tensor):
     return j0, j1, w1
 
 
-def response_matrix(
+def interpolation_corners(
     table: GreensTable,
     inclination_deg,
     log_nh=None,
@@ -685,15 +702,13 @@ def response_matrix(
     *,
     out_of_grid: str = "raise",
     device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interpolated Green's matrices for the requested configurations.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Table nodes and weights that interpolate the Green's functions at the requested points.
 
-    inclination_deg: angle(s) from the slab normal / torus axis in degrees (torus: 0-180,
-    folded about the equator; slab: 0-90). log_nh: log10 N_H (cm^-2), torus only.
-    theta_tor_deg: torus half-opening angle(s) in deg, torus only. Scalars or 1-D tensors /
-    arrays of a common length B (broadcast). device: default CPU.
-    Returns (M [..., n_out, n_in], M_line [..., L, n_in]) float64, with leading shape () for
-    scalar inputs or (B,), such that continuum = M @ N_in and lines = M_line @ N_in.
+    Arguments as :func:`response_matrix`. Returns (a, b, j, w, scalar): long tensors a (log N_H
+    node), b (theta_tor node), j (inclination bin), each [B, 8], and float64 weights w [B, 8]
+    summing to 1, such that the interpolated matrix of point p is
+    sum_c w[p, c] * G[a[p, c], b[p, c], j[p, c]]; ``scalar`` says all inputs were scalars.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     t = table.tensors(dev)
@@ -721,16 +736,49 @@ def response_matrix(
         ci = torch.cos(torch.deg2rad(inc)).clamp(0.0, 1.0)
         a0 = a1 = b0 = b1 = torch.zeros_like(ci, dtype=torch.long)
         wa = wb = torch.zeros_like(ci)
-    G, GL, ce = t["G"], t["G_line"], t["cos_edges"]
-    M = 0.0
-    ML = 0.0
+    ce = t["cos_edges"]
+    aa, bb, jj, ww = [], [], [], []
     for a, w_a in ((a0, 1.0 - wa), (a1, wa)):
         for b, w_b in ((b0, 1.0 - wb), (b1, wb)):
             j0, j1, wj = _inclination_weights(ce[b], table.n_torus_bins, ci)
             for j, w_j in ((j0, 1.0 - wj), (j1, wj)):
-                w = (w_a * w_b * w_j)[:, None, None]
-                M = M + w * G[a, b, j].to(f64)
-                ML = ML + w * GL[a, b, j].to(f64)
+                aa.append(a)
+                bb.append(b)
+                jj.append(j)
+                ww.append(w_a * w_b * w_j)
+    return torch.stack(aa, 1), torch.stack(bb, 1), torch.stack(jj, 1), torch.stack(ww, 1), scalar
+
+
+def response_matrix(
+    table: GreensTable,
+    inclination_deg,
+    log_nh=None,
+    theta_tor_deg=None,
+    *,
+    out_of_grid: str = "raise",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolated Green's matrices for the requested configurations.
+
+    inclination_deg: angle(s) from the slab normal / torus axis in degrees (torus: 0-180,
+    folded about the equator; slab: 0-90). log_nh: log10 N_H (cm^-2), torus only.
+    theta_tor_deg: torus half-opening angle(s) in deg, torus only. Scalars or 1-D tensors /
+    arrays of a common length B (broadcast). device: default CPU.
+    Returns (M [..., n_out, n_in], M_line [..., L, n_in]) float64, with leading shape () for
+    scalar inputs or (B,), such that continuum = M @ N_in and lines = M_line @ N_in.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    a, b, j, w, scalar = interpolation_corners(
+        table, inclination_deg, log_nh, theta_tor_deg, out_of_grid=out_of_grid, device=dev
+    )
+    t = table.tensors(dev)
+    G, GL = t["G"], t["G_line"]
+    M = 0.0
+    ML = 0.0
+    for c in range(w.shape[1]):
+        wc = w[:, c, None, None]
+        M = M + wc * G[a[:, c], b[:, c], j[:, c]].to(torch.float64)
+        ML = ML + wc * GL[a[:, c], b[:, c], j[:, c]].to(torch.float64)
     if scalar:
         return M[0], ML[0]
     return M, ML

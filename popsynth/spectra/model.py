@@ -4,15 +4,16 @@ A component maps the primary continuum of each draw to an emitted spectrum at a 
 line-of-sight columns. All components are linear in the primary, so any primary can be
 reprocessed by the same code (and, for Monte Carlo components, by a matrix product).
 
-First version (this module):
+Components of this module:
   - :class:`Transmitted`: the primary seen through the line-of-sight column: photoelectric
     absorption with real cross sections (xraydb elemental cross sections, Anders & Grevesse
     1989 abundances) times Compton (Klein-Nishina) attenuation, exp(-N_H [sigma_ph + 1.21 sigma_KN]).
-    Photons scattered out of the beam are lost; nothing is scattered back in (the torus
-    component of the spectral library replaces this).
+    This is the transmitted beam of the torus; the photons scattered out of it are returned
+    by the torus reprocessing.
   - :class:`Scattered`: f_scatt times the primary, unabsorbed (A19: f_scatt = 0.01).
-Not yet included: disk reflection with fluorescence lines (pexmon) and torus reprocessing
-(BNTorus). They plug in as further :class:`Component` subclasses.
+The reprocessed components (disk reflection with fluorescence lines, the pexmon equivalent,
+and the torus's scattered light and lines, the BNTorus equivalent) are in
+:mod:`popsynth.spectra.reprocessed`; :func:`make_components` assembles the named models.
 
 Units: spectra are photons s^-1 keV^-1 per (erg/s of intrinsic 2-10 keV luminosity of the
 primary), on a rest-frame energy grid in keV.
@@ -102,9 +103,49 @@ class Scattered(Component):
         return out[:, None, :].expand(-1, log_nh.numel(), -1)
 
 
+SPECTRAL_MODELS = ("a19", "a19-incident-cutoff", "a19-full-absorber", "transmitted")
+
+
+def make_components(model: str = "a19", torus_table=None) -> list[Component]:
+    """The components of a named spectral model.
+
+    ``torus_table``: path of an XSPEC torus atable (or an
+    :class:`~popsynth.spectra.xspec_table.ExternalTorus`) that replaces the built-in torus
+    (transmitted beam and reprocessing) in the a19 models; see
+    :class:`~popsynth.spectra.reprocessed.ExternalTorusComponent`.
+
+    - "a19" (default): A19 section 5.2, f_scatt * cutoffpl + wabs * pexmon + bntorus * highecut:
+      :class:`Scattered`, :class:`Transmitted` (the torus's line-of-sight beam), the slab
+      :class:`~popsynth.spectra.reprocessed.Reflection` at 30 deg with wabs absorption, and the
+      :class:`~popsynth.spectra.reprocessed.TorusReprocessed` scattered light and lines with
+      A19's inclinations and highecut;
+    - "a19-incident-cutoff": as a19, the torus reprocessing the cutoff power law itself;
+    - "a19-full-absorber": as a19, the reflection also Compton-attenuated by the line-of-sight
+      column (A19's wabs lets the reflection of Compton-thick sources pass above 10 keV);
+    - "transmitted": transmitted + scattered only (no reflection, no torus reprocessing).
+    """
+    from .reprocessed import ExternalTorusComponent, Reflection, TorusReprocessed
+
+    if torus_table is not None:
+        if model == "transmitted":
+            raise PopsynthError("an external torus table needs a model with a torus",
+                                "use --spectral-model a19 (or drop --torus-table)")
+        refl = Reflection(absorber="full" if model == "a19-full-absorber" else "wabs")
+        return [Scattered(), refl, ExternalTorusComponent(torus_table)]
+    if model == "a19":
+        return [Scattered(), Transmitted(), Reflection(), TorusReprocessed()]
+    if model == "a19-incident-cutoff":
+        return [Scattered(), Transmitted(), Reflection(), TorusReprocessed(cutoff="incident")]
+    if model == "a19-full-absorber":
+        return [Scattered(), Transmitted(), Reflection(absorber="full"), TorusReprocessed()]
+    if model == "transmitted":
+        return [Scattered(), Transmitted()]
+    raise PopsynthError(f"unknown spectral model '{model}'", f"use one of {', '.join(SPECTRAL_MODELS)}")
+
+
 def default_components() -> list[Component]:
-    """Components of the first-version A19 spectrum: transmitted + scattered."""
-    return [Transmitted(), Scattered()]
+    """Components of the default (A19) spectrum: see :func:`make_components`."""
+    return make_components("a19")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Each set gives, for unobscured (log N_H < 22) and obscured (log N_H >= 22) AGN, the
 distribution of the photon index Gamma, the reflection factor R, the cutoff energy E_cut
-(keV) and the scattered fraction f_scatt.
+(keV), the scattered fraction f_scatt and the torus half-opening angle theta_tor (uniform in
+55-61 deg for every set, A19 section 5.2).
 
 Readings of A19 that the table leaves open (documented choices):
 - Set 1 E_cut: A19 draws from 161 individual Swift/BAT values (Ricci et al. 2017; median
@@ -36,7 +37,8 @@ from ..errors import PopsynthError
 
 
 class Dist(NamedTuple):
-    """A 1-D distribution: kind "normal" (mu, sigma), "lognormal" (median, sigma_ln) or "fixed" (value), truncated to [lo, hi]."""
+    """A 1-D distribution: kind "normal" (mu, sigma), "lognormal" (median, sigma_ln), "uniform"
+    (low a, high b) or "fixed" (value); normal and lognormal are truncated to [lo, hi]."""
 
     kind: str
     a: float
@@ -48,6 +50,8 @@ class Dist(NamedTuple):
         """Inverse CDF of the truncated distribution at u in (0, 1)."""
         if self.kind == "fixed":
             return torch.full_like(u, self.a)
+        if self.kind == "uniform":
+            return self.a + (self.b - self.a) * u
         n = torch.distributions.Normal(torch.zeros((), dtype=DTYPE), torch.ones((), dtype=DTYPE))
         if self.kind == "normal":
             to_x = lambda s: self.a + self.b * s  # noqa: E731
@@ -56,7 +60,7 @@ class Dist(NamedTuple):
             to_x = lambda s: self.a * torch.exp(self.b * s)  # noqa: E731
             to_s = lambda x: math.log(x / self.a) / self.b if x > 0 else -math.inf  # noqa: E731
         else:
-            raise PopsynthError(f"unknown distribution kind '{self.kind}'", "use normal, lognormal or fixed")
+            raise PopsynthError(f"unknown distribution kind '{self.kind}'", "use normal, lognormal, uniform or fixed")
         s_lo, s_hi = to_s(self.lo), to_s(self.hi)
         c_lo = n.cdf(torch.tensor(s_lo, dtype=DTYPE)) if math.isfinite(s_lo) else torch.tensor(0.0, dtype=DTYPE)
         c_hi = n.cdf(torch.tensor(s_hi, dtype=DTYPE)) if math.isfinite(s_hi) else torch.tensor(1.0, dtype=DTYPE)
@@ -87,7 +91,8 @@ def _e(mu, s):
 
 
 ECUT_SET1_STANDIN = Dist("lognormal", 76.0, 0.41, 20.0, 500.0)
-PARAM_NAMES = ("gamma", "refl", "ecut", "fscatt")
+THETA_TOR_A19 = Dist("uniform", 55.0, 61.0)  # deg; A19 sec. 5.2 after Ricci et al. 2017 sec. 5.3.1
+PARAM_NAMES = ("gamma", "refl", "ecut", "fscatt", "theta_tor")
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,11 @@ class SpectralSet:
     refl: tuple[Dist, Dist]
     ecut: tuple[Dist, Dist]
     fscatt: tuple[Dist, Dist] = (Dist("fixed", 0.01), Dist("fixed", 0.01))
+    theta_tor: tuple[Dist, Dist] = (THETA_TOR_A19, THETA_TOR_A19)
 
     def dists(self, obscured: bool) -> dict[str, Dist]:
         i = int(obscured)
-        return {"gamma": self.gamma[i], "refl": self.refl[i], "ecut": self.ecut[i], "fscatt": self.fscatt[i]}
+        return {name: getattr(self, name)[i] for name in PARAM_NAMES}
 
     def describe(self) -> dict:
         """Plain-dict form (for cache keys, checkpoints and file headers)."""
@@ -153,7 +159,8 @@ def latin_hypercube(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
 def draw_parameters(spec: SpectralSet, n_draws: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Spectral parameters for ``n_draws`` draws of both classes.
 
-    Returns {name: float64 tensor [2, n_draws]} for name in gamma, refl, ecut (keV), fscatt;
+    Returns {name: float64 tensor [2, n_draws]} for name in gamma, refl, ecut (keV), fscatt,
+    theta_tor (deg);
     row 0 unobscured (log N_H < 22), row 1 obscured.
     """
     if n_draws < 1:
