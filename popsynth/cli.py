@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "a19-full-absorber = reflection also Compton-attenuated; transmitted = no reflection, no torus")
     p.add_argument("--torus-table", default=None, metavar="FITS",
                    help="XSPEC torus atable (torus1006.fits, UXCLUMPY, borus02) replacing the built-in Monte Carlo torus")
+    p.add_argument("--mode", default="a19", metavar="{a19,joint,cxb}",
+                   help="a19 (default): fit the CXB, then select the converged start that best fits the number counts "
+                        "and observed CT fractions (A19 sec. 4); joint: one loss over CXB + counts + CT fractions; "
+                        "cxb: CXB only")
+    p.add_argument("--counts", default=None, metavar="NAMES",
+                   help="comma-separated number-count tables of data/counts (default: BAT 105-month differential, "
+                        "Lehmer+12 CDF-S 0.5-2 and 2-8 keV, Cappelluti+09 XMM-COSMOS 2-10 keV) or 'none'")
+    p.add_argument("--no-ct", action="store_true", help="leave the observed CT fractions out of the constraints")
+    p.add_argument("--counts-weight", type=float, default=1.0, help="weight of the counts chi2 in --mode joint (default 1)")
+    p.add_argument("--ct-weight", type=float, default=1.0, help="weight of the CT-fraction chi2 in --mode joint (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -68,12 +78,21 @@ def main(argv=None) -> int:
         from .run import RunConfig, run
         from .spectra.sets import get_spectral_set
 
+        from .constraints import DEFAULT_COUNTS
+
         spec = get_spectral_set(args.spec_set).number
+        if args.counts is None:
+            counts = DEFAULT_COUNTS
+        elif args.counts.strip().lower() == "none":
+            counts = ()
+        else:
+            counts = tuple(n.strip() for n in args.counts.split(",") if n.strip())
         cfg = RunConfig(spec_set=spec, starts=args.starts, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                         loss=args.loss, sys_floor=args.sys_floor, weight_prior=args.weight_prior, seed=args.seed,
                         device=args.device, out=args.out or f"checkpoints/spec-set-{spec}", draws=args.draws,
                         galaxies=args.galaxies, absorption=args.absorption, spectral_model=args.spectral_model,
-                        torus_table=args.torus_table, progress=not args.quiet)
+                        torus_table=args.torus_table, mode=args.mode, counts=counts, use_ct=not args.no_ct,
+                        counts_weight=args.counts_weight, ct_weight=args.ct_weight, progress=not args.quiet)
         if not args.resume:
             cfg.validate()
             from ._tensor import resolve_device

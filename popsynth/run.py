@@ -19,6 +19,7 @@ import torch
 from . import __version__
 from ._tensor import DTYPE, as_tensor, resolve_device
 from .cosmology import CosmologyParams, distance_tables
+from .constraints import DEFAULT_COUNTS, Constraints
 from .cxb import CXBModel, block_response, cxb_kernel
 from .data.cxb import TRAINING_SETS, load_cxb
 from .errors import PopsynthError
@@ -31,6 +32,9 @@ from .progress import Progress
 from .spectra.model import SPECTRAL_MODELS, build_spectral_table, make_components
 from .spectra.sets import get_spectral_set
 from .xlf import apply_block_weights, build_phi0
+
+
+MODES = ("a19", "joint", "cxb")
 
 
 @dataclass
@@ -54,6 +58,11 @@ class RunConfig:
     absorption: str = "a19"
     spectral_model: str = "a19"
     torus_table: str | None = None
+    mode: str = "a19"  # a19: CXB fit, then select by counts + CT; joint: one loss; cxb: CXB only
+    counts: tuple = DEFAULT_COUNTS
+    use_ct: bool = True
+    counts_weight: float = 1.0
+    ct_weight: float = 1.0
     datasets: tuple = TRAINING_SETS
     checkpoint_every: int = 20
     rtol: float = 1e-6
@@ -83,12 +92,18 @@ class RunConfig:
         if self.torus_table is not None and not Path(self.torus_table).is_file():
             raise PopsynthError(f"torus table '{self.torus_table}' not found",
                                 "pass the path of an XSPEC atable FITS file (e.g. torus1006.fits)")
+        if self.mode not in MODES:
+            raise PopsynthError(f"unknown mode '{self.mode}'", f"use --mode {' or '.join(MODES)}")
+        if self.mode == "joint" and not (self.counts or self.use_ct):
+            raise PopsynthError("--mode joint needs at least one counts or CT constraint",
+                                "drop --counts none / --no-ct, or use --mode cxb")
         if self.draws < 1:
             raise PopsynthError(f"--draws must be >= 1, got {self.draws}", "pass a positive number of draws")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["datasets"] = list(self.datasets)
+        d["counts"] = list(self.counts)
         d["init_range"] = list(self.init_range)
         return d
 
@@ -97,6 +112,7 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d["datasets"] = tuple(d.get("datasets", TRAINING_SETS))
+        d["counts"] = tuple(d.get("counts", DEFAULT_COUNTS))
         d["init_range"] = tuple(d.get("init_range", (0.3, 5.0)))
         return cls(**d)
 
@@ -111,6 +127,7 @@ class Problem:
     model: CXBModel  # at the data energies
     fine: CXBModel  # on a fine energy grid, for the output table
     ct_blocks: dict = field(default_factory=dict)  # zmax -> number of AGN per block [15]
+    constraints: Constraints | None = None  # counts and CT fractions (None in --mode cxb)
     spectra_meta: dict = field(default_factory=dict)
     setup_seconds: float = 0.0
 
@@ -159,7 +176,10 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
         k = cxb_kernel(table, grid, e, device=device)
         models.append(CXBModel(block_response(phi1, k, grid), e, gal(e).to(device)))
     ct = {zmax: block_counts(phi0, grid, zmax) for zmax in (0.1, 1.0)}
-    return Problem(grid, phi0, data, models[0], models[1], ct, table.meta, time.time() - t0)
+    cons = None
+    if cfg.mode != "cxb":
+        cons = Constraints(grid, phi0, table, cfg.counts, cfg.use_ct, cfg.counts_weight, cfg.ct_weight, device=device)
+    return Problem(grid, phi0, data, models[0], models[1], ct, cons, table.meta, time.time() - t0)
 
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:
@@ -188,12 +208,15 @@ def run(cfg: RunConfig, resume: str | None = None, log=print) -> dict:
     opt = make_optimizer(cfg.optimizer, cfg.lr)
     steps = cfg.steps or opt.default_steps
     prob = build_problem(cfg, device, log)
-    log(f"popsynth {__version__}: spectral set {cfg.spec_set}, {cfg.starts} starts, optimizer {opt.name} "
+    log(f"popsynth {__version__}: spectral set {cfg.spec_set}, mode {cfg.mode}, {cfg.starts} starts, optimizer {opt.name} "
         f"(lr {opt.lr:g}), loss {cfg.loss}, weight prior {cfg.weight_prior:g} dex, {prob.data.n} CXB points, device {device}; set-up {prob.setup_seconds:.1f} s")
 
     def residual_fn(w):
         r = residuals(prob.model(w), prob.data, cfg.loss, cfg.sys_floor)
-        return torch.cat([r, prior_residuals(w, cfg.weight_prior)], dim=-1)
+        parts = [r, prior_residuals(w, cfg.weight_prior)]
+        if cfg.mode == "joint":
+            parts.append(prob.constraints.residuals(w))
+        return torch.cat(parts, dim=-1)
 
     conv = Convergence(cfg.rtol, cfg.patience)
     if ckpt is not None:
@@ -249,7 +272,17 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
     chi2_tot = chi2.sum(-1)
     converged = cost <= A19_CONVERGED_COST
     pool = converged if bool(converged.any()) else torch.ones_like(converged)
-    best = int(torch.argmin(torch.where(pool, chi2_tot, torch.full_like(chi2_tot, math.inf))))
+    cons = prob.constraints
+    cons_chi2 = cons.chi2(w) if cons is not None else {}
+    cons_tot = cons.total(w) if cons is not None else torch.zeros_like(chi2_tot)
+    if cfg.mode == "a19":  # A19 sec. 4: the converged start that best fits counts and CT fractions
+        select_stat, select_rule = cons_tot, "lowest counts + CT-fraction chi2 among CXB-converged starts"
+    elif cfg.mode == "joint":
+        select_stat = chi2_tot + cons_tot
+        select_rule = "lowest CXB + counts + CT-fraction chi2 among CXB-converged starts"
+    else:
+        select_stat, select_rule = chi2_tot, "lowest CXB chi2 among converged starts"
+    best = int(torch.argmin(torch.where(pool, select_stat, torch.full_like(select_stat, math.inf))))
     ctf = {z: ct_fraction(w, c) for z, c in prob.ct_blocks.items()}
     wb = w[best:best + 1]
     grid = prob.grid
@@ -263,10 +296,15 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         "reduced_chi2_cxb": float(chi2_tot[best]) / (data.n - N_BLOCKS),
         "a19_cost": float(cost[best]),
     }
+    if cons is not None:
+        fit_stats["chi2_constraints"] = {n: float(v[best]) for n, v in cons_chi2.items()}
+        fit_stats["n_points_constraints"] = {n: cons.n_points(n) for n in cons.names}
+        fit_stats["chi2_constraints_total"] = float(cons_tot[best])
+        fit_stats["ct_fractions_observed_vs_model"] = cons.ct_fractions(w[best:best + 1])
     spec = get_spectral_set(cfg.spec_set)
     attrs = {"spec_set": cfg.spec_set, "spec_set_description": spec.description, "spectral_set": spec.describe(),
              "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "weights": wb[0].tolist(), "block_names": block_names(),
-             "fit_statistics": fit_stats, "config": cfg.to_dict(), "best_start": best,
+             "fit_statistics": fit_stats, "config": cfg.to_dict(), "best_start": best, "selection": select_rule,
              "absorption_function": cfg.absorption, "xlf_start": "Ueda et al. 2014 LDDE x absorption function"}
     export_xlf_hdf5(out / "xlf_best.h5", cube, grid, attrs,
                     extra={"weights_all_starts": w.cpu().numpy(), "converged": converged.cpu().numpy(),
@@ -310,7 +348,9 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         "sys_floor": cfg.sys_floor,
         "weight_prior_dex": cfg.weight_prior,
         "seed": cfg.seed,
+        "mode": cfg.mode,
         "best_start": best,
+        "selection": select_rule,
         "best_weights": dict(zip(block_names(), wb[0].tolist())),
         **fit_stats,
         "ct_fraction_z0.1": spread(ctf[0.1]),
@@ -340,6 +380,17 @@ def format_table(s: dict) -> str:
         lines.append(f"{label:<18}{s['n_points'][name]:>8}{chi:>10.2f}{ref:>12.2f}")
     lines.append(f"{'Total':<18}{sum(s['n_points'].values()):>8}{s['chi2_total']:>10.2f}{51.4:>12.2f}")
     lines.append(f"{'Reduced chi2':<18}{s['dof']:>8}{s['reduced_chi2_cxb']:>10.2f}{0.87:>12.2f}")
+    if "chi2_constraints" in s:
+        lines.append(f"selected start {s['best_start']} ({s['selection']})")
+        lines.append(f"{'Counts / CT constraint':<44}{'points':>7}{'chi2':>10}")
+        for name, chi in s["chi2_constraints"].items():
+            lines.append(f"{name:<44}{s['n_points_constraints'][name]:>7}{chi:>10.2f}")
+        lines.append(f"{'Total':<44}{sum(s['n_points_constraints'].values()):>7}{s['chi2_constraints_total']:>10.2f}")
+        lines.append(f"{'Observed CT fraction':<34}{'band keV':>10}{'observed %':>18}{'model %':>9}")
+        for c in s["ct_fractions_observed_vs_model"]:
+            band = f"{c['band_keV'][0]:g}-{c['band_keV'][1]:g}"
+            obs = f"{100 * c['observed']:.1f} +{100 * c['err_hi']:.1f}/-{100 * c['err_lo']:.1f}"
+            lines.append(f"{c['survey']:<34}{band:>10}{obs:>18}{100 * c['model']:>9.1f}")
     for z, ref in (("0.1", "50 +/- 9 %"), ("1.0", "56 +/- 7 %")):
         c = s[f"ct_fraction_z{z}"]
         lines.append(f"CT fraction to z={z}: {100 * c['median']:.1f} % (16-84 %: {100 * c['p16']:.1f}-{100 * c['p84']:.1f} %, "

@@ -46,6 +46,48 @@ def test_outputs_and_summary(small_run):
     assert np.load(out / "xlf_best_a19.npy").shape == (119, 150, 80)
 
 
+def test_a19_mode_selects_by_counts_and_ct_fractions(small_run):
+    """A19 sec. 4: among the CXB-converged starts, the selected one has the lowest counts +
+    CT-fraction chi^2; the summary reports every constraint and observed vs model CT fractions."""
+    import h5py
+
+    from popsynth.constraints import DEFAULT_COUNTS, Constraints
+    from popsynth.grid import Grid
+    from popsynth.spectra.model import build_spectral_table
+    from popsynth.xlf import build_phi0
+
+    out, s = small_run
+    assert s["mode"] == "a19" and "counts" in s["selection"]
+    assert set(DEFAULT_COUNTS) <= set(s["chi2_constraints"])
+    assert {c["survey"] for c in s["ct_fractions_observed_vs_model"]} >= {"Swift/BAT 70-month", "NuSTAR UDS"}
+    for c in s["ct_fractions_observed_vs_model"]:
+        assert 0 < c["model"] < 1 and 0 < c["observed"] < 1
+    assert s["chi2_constraints_total"] == pytest.approx(sum(s["chi2_constraints"].values()))
+    with h5py.File(out / "xlf_best.h5") as f:
+        w = torch.as_tensor(f["weights_all_starts"][()])
+        conv = torch.as_tensor(f["converged"][()])
+    grid = Grid()
+    table = build_spectral_table(5, grid.lognh_edges, n_draws=SMALL["draws"])
+    cons = Constraints(grid, build_phi0(grid), table)
+    tot = cons.total(w)
+    assert s["best_start"] == int(torch.argmin(torch.where(conv, tot, torch.full_like(tot, float("inf")))))
+    assert s["chi2_constraints_total"] == pytest.approx(float(tot[s["best_start"]]), rel=1e-9)
+
+
+def test_joint_mode_fits_the_constraints_better(tmp_path, small_run):
+    """One loss over CXB + counts + CT fractions: the constraints' chi^2 drops against the
+    CXB-only training of the A19 mode (same starts and seed)."""
+    _, s_a19 = small_run
+    s = run(RunConfig(out=str(tmp_path), steps=40, mode="joint", **SMALL), log=lambda *a: None)
+    assert s["mode"] == "joint"
+    assert s["chi2_constraints_total"] < 0.5 * s_a19["chi2_constraints_total"]
+
+
+def test_cxb_mode_has_no_constraints(tmp_path):
+    s = run(RunConfig(out=str(tmp_path), steps=5, mode="cxb", **SMALL), log=lambda *a: None)
+    assert "chi2_constraints" not in s and s["selection"].startswith("lowest CXB")
+
+
 def test_xlf_export_roundtrip(small_run):
     out, s = small_run
     xlf = load_xlf(out / "xlf_best.h5")
@@ -122,6 +164,7 @@ def _copy_data(tmp_path):
     d = tmp_path / "data"
     shutil.copytree(data_dir() / "cxb", d / "cxb")
     (d / "greens").symlink_to(data_dir() / "greens")  # the Monte Carlo tables are read, never changed
+    (d / "counts").symlink_to(data_dir() / "counts")
     return d
 
 
@@ -167,6 +210,14 @@ def test_cli_bad_numbers(capsys):
                        (["--loss", "l1"], "unknown loss"), (["--optimizer", "sgd"], "unknown optimizer")):
         rc, err = _cli(args, capsys)
         assert rc == 2 and len(err) == 1 and text in err[0]
+
+
+def test_cli_bad_mode_and_counts(tmp_path, capsys):
+    rc, err = _cli(["--mode", "best"], capsys)
+    assert rc == 2 and len(err) == 1 and "unknown mode 'best'" in err[0] and "--mode a19" in err[0]
+    rc, err = _cli(["--counts", "chandra_deep", "--quiet", "--starts", "2", "--draws", "2", "--steps", "1",
+                    "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err) == 1 and "unknown counts table" in err[0] and "bat105" in err[0]
 
 
 def test_train_py_help():

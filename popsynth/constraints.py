@@ -1,0 +1,135 @@
+"""Number-count and Compton-thick-fraction constraints of a run (A19 section 4, Table 2; section 6).
+
+A19 trains on the CXB, then picks among the converged starts the one that best fits the X-ray
+number counts and the observed CT fractions. :class:`Constraints` holds the observables of
+every constraint (built once per run from :mod:`popsynth.observables`), batched over starts:
+
+* ``chi2(w)``: chi^2 of every constraint, {name: [B]};
+* ``residuals(w)``: residuals [B, n] whose squares sum to the weighted chi^2 of all constraints
+  (for the joint fit, ``--mode joint``): each constraint enters with the weight
+  ``counts_weight`` (number counts) or ``ct_weight`` (CT fractions), default 1, i.e. plain
+  chi^2 with the published errors (asymmetric: the upper error where the model is above the
+  datum, the lower one below).
+
+Default constraints (:data:`DEFAULT_COUNTS`): the Swift/BAT 105-month differential counts
+(independent bins; the cumulative table carries the same sources), the CDF-S 4 Ms AGN counts of
+Lehmer et al. 2012 in 0.5-2 and 2-8 keV and the XMM-COSMOS 2-10 keV counts of Cappelluti et al.
+2009; and every observed CT fraction in ``data/counts/ct_fractions.ecsv`` (Swift/BAT 70-month,
+NuSTAR UDS, COSMOS and serendipitous). The Luo et al. 2017 7 Ms counts are left out by default
+because their population (all sources or AGN only) is not known (data/counts/README.md); pass
+them explicitly to use them. Cumulative counts are correlated from point to point, so their
+chi^2 is not a strict chi^2 (as in A19, which compared cumulative curves too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data.counts import list_counts, load_counts, load_ct_fractions
+from .errors import PopsynthError
+from .grid import Grid
+from .observables import build_counts_model, build_ct_model
+from .spectra.model import SpectralTable
+
+DEFAULT_COUNTS = (
+    "bat105_agn_differential_14_195keV",
+    "lehmer12_cdfs4ms_agn_cumulative_0p5_2keV",
+    "lehmer12_cdfs4ms_agn_cumulative_2_8keV",
+    "cappelluti09_xmmcosmos_cumulative_2_10keV",
+)
+
+
+def _num(x):
+    """float, or None for NaN (JSON has no NaN)."""
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def ct_key(survey: str) -> str:
+    """Short identifier of a CT-fraction row: 'ct:' + the survey name in lower case with underscores."""
+    return "ct:" + "".join(c if c.isalnum() else "_" for c in survey.lower()).strip("_").replace("__", "_")
+
+
+class Constraints:
+    """Counts and CT-fraction constraints for block weights w [B, 15].
+
+    Args: grid, phi0 [nz, nL, nN] (Mpc^-3 dex^-2, cell averages), table (the run's spectral
+    table, with per-draw spectra), counts (names of ``data/counts`` tables), use_ct (include the
+    observed CT fractions), counts_weight and ct_weight (multipliers of the chi^2 in the joint
+    loss), device.
+    """
+
+    def __init__(self, grid: Grid, phi0: torch.Tensor, table: SpectralTable, counts=DEFAULT_COUNTS,
+                 use_ct: bool = True, counts_weight: float = 1.0, ct_weight: float = 1.0, device=None):
+        known = list_counts()
+        bad = [n for n in counts if n not in known]
+        if bad:
+            raise PopsynthError(f"unknown counts table(s) {bad}", f"choose from {known}")
+        if counts_weight < 0 or ct_weight < 0 or not (math.isfinite(counts_weight) and math.isfinite(ct_weight)):
+            raise PopsynthError(f"constraint weights must be finite and >= 0, got {counts_weight}, {ct_weight}",
+                                "pass --counts-weight and --ct-weight >= 0")
+        self.counts_weight = float(counts_weight)
+        self.ct_weight = float(ct_weight)
+        self.models = {}
+        for name in counts:
+            self.models[name] = build_counts_model(load_counts(name), grid, phi0, table, device=device)
+        self.ct_rows = load_ct_fractions() if use_ct else []
+        for row in self.ct_rows:
+            self.models[ct_key(row.survey)] = build_ct_model(row, grid, phi0, table, device=device)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def is_ct(self, name: str) -> bool:
+        return self.models[name].target == "ct_fraction"
+
+    def n_points(self, name: str) -> int:
+        m = self.models[name]
+        return 1 if self.is_ct(name) else int(m.data.value.size)
+
+    def chi2(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """chi^2 of every constraint: {name: [B]}."""
+        return {n: m.chi2(w) for n, m in self.models.items()}
+
+    def total(self, w: torch.Tensor) -> torch.Tensor:
+        """Unweighted sum of the constraint chi^2: [B] (the A19-faithful selection statistic)."""
+        out = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        for v in self.chi2(w).values():
+            out = out + v
+        return out
+
+    def residuals(self, w: torch.Tensor) -> torch.Tensor:
+        """[B, n] residuals, sum of squares = sum_c weight_c chi^2_c (asymmetric errors)."""
+        parts = []
+        for n, m in self.models.items():
+            pred = m.predict(w)
+            if self.is_ct(n):
+                d = m.data
+                r = pred - d.fraction
+                r = (r / torch.where(r > 0, torch.full_like(r, d.err_hi), torch.full_like(r, d.err_lo)))[:, None]
+                parts.append(r * math.sqrt(self.ct_weight))
+            else:
+                d = m.data
+                v = torch.as_tensor(d.value, dtype=pred.dtype, device=pred.device)
+                lo = torch.as_tensor(d.err_lo, dtype=pred.dtype, device=pred.device)
+                hi = torch.as_tensor(d.err_hi, dtype=pred.dtype, device=pred.device)
+                r = pred - v
+                parts.append(r / torch.where(r > 0, hi, lo) * math.sqrt(self.counts_weight))
+        if not parts:
+            return w[:, :0]
+        return torch.cat(parts, dim=-1)
+
+    def ct_fractions(self, w: torch.Tensor) -> list[dict]:
+        """Observed versus model CT fraction of every CT constraint, for weights w [1, 15]."""
+        out = []
+        for row in self.ct_rows:
+            m = self.models[ct_key(row.survey)]
+            zr = None if row.z_range is None else [_num(row.z_range[0]), _num(row.z_range[1])]
+            out.append({"survey": row.survey, "band_keV": list(row.band_keV), "flux_limit": row.flux_limit,
+                        "z_range": zr, "nh_threshold": row.nh_threshold,
+                        "observed": row.fraction, "err_lo": row.err_lo, "err_hi": row.err_hi,
+                        "model": float(m.ct_fraction(w)[0]), "model_intrinsic": float(m.intrinsic_ct_fraction(w)[0])})
+        return out
