@@ -46,14 +46,18 @@ def test_binning_matrix_is_exact_for_piecewise_linear_and_accurate_for_power_law
 
 def test_unbinning_returns_a_power_law_and_conserves_photons():
     """Bin contents of E^-1.9 -> densities on the grid -> rebinned: photons kept to 0.3 %, and
-    to 1.5 % in the bins next to the Fe and Ni K edges (extrapolated up to the edge)."""
+    to 2.5 % in the bins next to the Fe and Ni K edges (held constant up to the edge, so that
+    the operator has no negative entries)."""
     t = load_greens("slab")
     edges = t.e_out_edges
     contents = torch.as_tensor((edges[:-1] ** -0.9 - edges[1:] ** -0.9) / 0.9, dtype=T64)
     U = unbinning_matrix(EN, edges)
+    assert float(U.min()) >= 0.0
     dens = U @ contents
     inside = (EN > 1.1) & (EN < 900)
-    np.testing.assert_allclose(dens.numpy()[inside], EN[inside] ** -1.9, rtol=5e-3)
+    at_edges = ((EN > 7.03) & (EN < 7.59)) | ((EN > 8.2) & (EN < 8.71))  # bins next to the K edges
+    np.testing.assert_allclose(dens.numpy()[inside & ~at_edges], EN[inside & ~at_edges] ** -1.9, rtol=5e-3)
+    np.testing.assert_allclose(dens.numpy()[at_edges], EN[at_edges] ** -1.9, rtol=6e-2)
     assert float(dens[EN < 0.999].abs().max()) == 0.0 and float(dens[EN > 1000.01].abs().max()) == 0.0
     rebinned = (binning_matrix(EN, edges) @ dens).numpy()
     rel = np.abs(rebinned / contents.numpy() - 1)[1:-1]
@@ -63,7 +67,7 @@ def test_unbinning_returns_a_power_law_and_conserves_photons():
         near_edge[k - 1:k + 1] = True
     near_edge = near_edge[1:-1]
     assert rel[~near_edge].max() < 3e-3
-    assert rel[near_edge].max() < 1.5e-2
+    assert rel[near_edge].max() < 2.5e-2
 
 
 def test_lines_conserve_photons():

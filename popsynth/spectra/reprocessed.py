@@ -39,7 +39,7 @@ Limits (also in the README):
   not a physical one (pass a smaller value for plots of single spectra).
 * The continuum between the centres of neighbouring output bins (0.02 dex, 0.04 keV near
   6-7.1 keV) is interpolated linearly in ln E; the Fe and Ni K edges (7.112, 8.333 keV) are bin
-  edges and stay sharp. Photons per bin are kept to 0.3 % (1 % in the bins next to the edges).
+  edges and stay sharp. Photons per bin are kept to 0.3 % (2.5 % in the bins next to the edges).
 """
 
 from __future__ import annotations
@@ -125,8 +125,6 @@ def unbinning_matrix(energy, edges, breaks=(FE_K_EDGE_KEV, NI_K_EDGE_KEV)) -> to
         b = min(int(np.searchsorted(ed, x[k], side="right")) - 1, width.size - 1)
         lx = math.log(x[k])
         nb = b + 1 if lx >= lc[b] else b - 1  # the neighbour on the same side as the point
-        if not (0 <= nb < width.size and seg[nb] == seg[b]):
-            nb = 2 * b - nb  # at an edge: extrapolate from the neighbour on the other side
         if 0 <= nb < width.size and seg[nb] == seg[b]:
             t = (lx - lc[b]) / (lc[nb] - lc[b])
             m[k, b] += (1 - t) / width[b]
