@@ -36,7 +36,7 @@ from ..physics.crosssections import sigma_compton, sigma_photo
 from .primary import primary_spectrum
 from .sets import PARAM_NAMES, SpectralSet, draw_parameters, get_spectral_set
 
-TABLE_FORMAT = 2  # bumped when SpectralTable's fields change meaning (2: per_draw added)
+TABLE_FORMAT = 3  # bumped when SpectralTable's fields or their computation change (2: per_draw; 3: K-edge unbinning)
 OBSCURED_LOGNH = 22.0  # A19: "obscured means log N_H >= 22"
 
 
