@@ -30,7 +30,7 @@ import torch
 from .data.counts import list_counts, load_counts, load_ct_fractions
 from .errors import PopsynthError
 from .grid import Grid
-from .observables import build_counts_model, build_ct_model
+from .observables import asym_residuals, build_counts_model, build_ct_model
 from .spectra.model import SpectralTable
 
 DEFAULT_COUNTS = (
@@ -105,19 +105,13 @@ class Constraints:
         """[B, n] residuals, sum of squares = sum_c weight_c chi^2_c (asymmetric errors)."""
         parts = []
         for n, m in self.models.items():
-            pred = m.predict(w)
+            d = m.data
             if self.is_ct(n):
-                d = m.data
-                r = pred - d.fraction
-                r = (r / torch.where(r > 0, torch.full_like(r, d.err_hi), torch.full_like(r, d.err_lo)))[:, None]
+                r = asym_residuals(m.predict(w)[:, None], d.fraction, d.err_lo, d.err_hi)
                 parts.append(r * math.sqrt(self.ct_weight))
             else:
-                d = m.data
-                v = torch.as_tensor(d.value, dtype=pred.dtype, device=pred.device)
-                lo = torch.as_tensor(d.err_lo, dtype=pred.dtype, device=pred.device)
-                hi = torch.as_tensor(d.err_hi, dtype=pred.dtype, device=pred.device)
-                r = pred - v
-                parts.append(r / torch.where(r > 0, hi, lo) * math.sqrt(self.counts_weight))
+                r = asym_residuals(m.predict(w), d.value, d.err_lo, d.err_hi)
+                parts.append(r * math.sqrt(self.counts_weight))
         if not parts:
             return w[:, :0]
         return torch.cat(parts, dim=-1)

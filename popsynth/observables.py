@@ -587,12 +587,19 @@ def build_ct_model(ct, grid: Grid, phi0: torch.Tensor, table: SpectralTable, sur
 
 
 # ---------------------------------------------------------------------------- chi^2
-def _asym_chi2(pred: torch.Tensor, value, err_lo, err_hi) -> torch.Tensor:
+def asym_residuals(pred: torch.Tensor, value, err_lo, err_hi) -> torch.Tensor:
+    """(pred - value) / error with the upper error where pred > value, the lower one otherwise.
+
+    pred [..., n]; value, err_lo, err_hi broadcastable to it. Squares sum to the chi^2."""
     v = torch.as_tensor(value, dtype=DTYPE, device=pred.device)
     lo = torch.as_tensor(err_lo, dtype=DTYPE, device=pred.device)
     hi = torch.as_tensor(err_hi, dtype=DTYPE, device=pred.device)
     r = pred - v
-    return (r / torch.where(r > 0, hi, lo)) ** 2
+    return r / torch.where(r > 0, hi, lo)
+
+
+def _asym_chi2(pred: torch.Tensor, value, err_lo, err_hi) -> torch.Tensor:
+    return asym_residuals(pred, value, err_lo, err_hi) ** 2
 
 
 def counts_chi2(pred: torch.Tensor, data) -> torch.Tensor:

@@ -70,6 +70,7 @@ def test_a19_mode_selects_by_counts_and_ct_fractions(small_run):
     table = build_spectral_table(5, grid.lognh_edges, n_draws=SMALL["draws"])
     cons = Constraints(grid, build_phi0(grid), table)
     tot = cons.total(w)
+    torch.testing.assert_close((cons.residuals(w) ** 2).sum(-1), tot)  # the joint loss is the same chi^2
     assert s["best_start"] == int(torch.argmin(torch.where(conv, tot, torch.full_like(tot, float("inf")))))
     assert s["chi2_constraints_total"] == pytest.approx(float(tot[s["best_start"]]), rel=1e-9)
 
