@@ -367,11 +367,12 @@ FIGURE_DATA = {1: fig1_data, 2: fig2_data, 3: fig3_data, 4: fig4_data, 7: fig7_d
 COLORS = {"scattered": "0.3", "reflection": "#56b4e9", "torus": "#7b3294", "total": "#4daf4a"}
 """A19's colours: dark grey scattered, light blue reflection, purple torus, light green total."""
 LINESTYLES = ("-", "--", ":", "-.")
+SET_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # sets 2 and 3 coincide for unabsorbed AGN
 SET_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf")
 BAND_COLORS = {"Chandra": "#d95f02", "XMM-Newton": "#1b9e77", "NuSTAR": "#7570b3", "Swift/BAT": "#e7298a"}
 LABELS = {"scattered": "scattered", "reflection": "reflection (pexmon-like)",
           "torus": "torus (transmitted + reprocessed)", "total": "total"}
-_Y_DYNAMIC_RANGE = 1e-3  # plots show 3 dex below the peak of the total (Fig. 1: per redshift group)
+_Y_DYNAMIC_RANGE = 3e-4  # plots show 3.5 dex below the peak of the total (Fig. 1: per redshift group)
 
 
 def _require_matplotlib():
@@ -417,12 +418,13 @@ def _peak(energy, y, x_range):
     return float(np.nanmax(np.where(sel, y, np.nan)))
 
 
-def _style_legend(ax, handles_comp, handles_var, title_var, locs=("lower left", "lower right")):
+def _style_legend(ax, handles_comp, handles_var, title_var, locs=("lower left", "lower right"), styles=None):
     """Two legends: component colours (``locs[0]``) and the line style of each variation (``locs[1]``)."""
     from matplotlib.lines import Line2D
 
+    styles = styles or [LINESTYLES[i % len(LINESTYLES)] for i in range(len(handles_var))]
     comp = [Line2D([], [], color=COLORS[k], lw=2, label=LABELS[k]) for k in handles_comp]
-    var = [Line2D([], [], color="k", ls=LINESTYLES[i % len(LINESTYLES)], label=lab) for i, lab in enumerate(handles_var)]
+    var = [Line2D([], [], color="k", ls=ls, label=lab) for ls, lab in zip(styles, handles_var)]
     leg = ax.legend(handles=comp, loc=locs[0], fontsize=8, frameon=False)
     ax.add_artist(leg)
     ax.legend(handles=var, loc=locs[1], fontsize=8, title=title_var or None, title_fontsize=8, frameon=False)
@@ -445,7 +447,7 @@ def _plot_fig1(data, ax):
         a.set_xscale("log")
         a.set_yscale("log")
         a.set_xlim(*x_range)
-        a.set_ylim(floor * 0.1, peak * 3.0)
+        a.set_ylim(floor * 0.1, peak * 30.0)  # headroom for the legends
         trans = a.get_xaxis_transform()
         for b, (name, (lo, hi)) in enumerate(data["bands"].items()):
             y = 0.05 + 0.06 * b
@@ -455,7 +457,8 @@ def _plot_fig1(data, ax):
                    color=BAND_COLORS.get(name, "k"))
         a.set_xlabel("observed-frame energy (keV)")
         a.set_ylabel(r"$E^2 N(E)$ (keV$^2$ photons cm$^{-2}$ s$^{-1}$ keV$^{-1}$)")
-        _style_legend(a, comps, [f"z = {z[i]:g}" for i in grp], "", locs=("upper right", "upper left"))
+        _style_legend(a, comps, [f"z = {z[i]:g}" for i in grp], "", locs=("upper right", "upper left"),
+                      styles=[LINESTYLES[i % len(LINESTYLES)] for i in grp])
     axes[0].set_title(rf"$L_{{2-10}} = 10^{{{data['log_l']:g}}}$ erg/s, $\log N_H = {data['log_nh']:g}$, "
                       rf"$\Gamma = {data['params']['gamma']:g}$, $R = {data['params']['refl']:g}$, "
                       rf"$E_c = {data['params']['ecut']:g}$ keV", fontsize=9)
@@ -479,8 +482,9 @@ def _plot_variation(data, ax):
              "gamma": rf"$\log N_H = {data['log_nh'][0]:g}$, $R = {data['refl'][0]:g}$, ",
              "refl": rf"$\Gamma = {data['gamma'][0]:g}$, $\log N_H = {data['log_nh'][0]:g}$, "}[data["varied"]]
     a.set_title(rf"A19 Fig. {data['figure']}: {fixed}$E_c = {data['ecut'][0]:g}$ keV, "
-                rf"$f_{{scatt}} = {data['fscatt'][0]:g}$; $L_{{2-10}} = 10^{{{data['log_l']:g}}}$ erg/s "
-                "(scattered in total)", fontsize=9)
+                rf"$f_{{scatt}} = {data['fscatt'][0]:g}$" "\n"
+                rf"$L_{{2-10}} = 10^{{{data['log_l']:g}}}$ erg/s (the scattered light is in the total, not drawn)",
+                fontsize=9)
     return fig
 
 
@@ -493,7 +497,7 @@ def _plot_fig7(data, ax):
     for j, a in enumerate(axes):
         for i, s in enumerate(data["sets"]):
             a.plot(data["energy"], _positive(data["total"][i, j]), color=SET_COLORS[i % len(SET_COLORS)],
-                   ls=LINESTYLES[i % len(LINESTYLES)] if i >= len(SET_COLORS) else "-", lw=1.6,
+                   ls=SET_LINESTYLES[i % len(SET_LINESTYLES)], lw=1.6,
                    label=f"spectral set {s}")
         _limits(a, x_range, _peak(data["energy"], data["total"][:, j], x_range))
         a.set_xlabel("rest-frame energy (keV)")
