@@ -9,7 +9,10 @@ Layers (STYLE lesson 6):
 * published physics, on the shipped tables data/greens/{slab,torus}.h5: Compton hump, Fe K
   alpha equivalent widths (George & Fabian 1991; Nandra et al. 2007; Brightman & Nandra 2011),
   the optically thin fluorescence limit;
-* plumbing: seeding, HDF5 round trip with version key, interpolation, grid limits, the CLI.
+* plumbing: seeding, HDF5 round trip with version key, interpolation, grid limits, the CLI;
+* currency: the shipped tables match today's physics within MEDIUM_RTOL = 1e-9 (noise of
+  1e-15 passes, a change of 1e-6 in a cross section, yield or line energy fails, through
+  is_current and through the one-per-process StaleTableWarning of load_greens).
 
 Monte Carlo runs here use small photon counts and coarse grids so the file runs in well
 under a minute on 2 CPU cores.
@@ -17,6 +20,8 @@ under a minute on 2 CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import warnings
 
@@ -26,13 +31,21 @@ import torch
 
 from popsynth.errors import PopsynthError
 from popsynth.mc.geometry import SlabGeometry, SphereBiconeGeometry, advance_along
+import popsynth.mc.greens as greens_mod
 from popsynth.mc.greens import (
+    MEDIUM_RTOL,
     GreensTable,
+    StaleTableWarning,
+    add_medium_reference,
     apply_greens,
     build_table,
+    check_nodes,
+    check_shipped_tables,
+    check_table,
     default_table_path,
     input_energy_edges,
     is_current,
+    load_greens,
     read_greens,
     response_matrix,
     simulate_config,
@@ -42,6 +55,7 @@ from popsynth.mc.greens import (
     write_greens,
 )
 from popsynth.mc.transport import (
+    Medium,
     TallyGrid,
     grey_medium,
     isotropic_directions,
@@ -376,6 +390,18 @@ def test_hdf5_round_trip(tiny_table, tmp_path):
     np.testing.assert_array_equal(back.photons, tiny_table.photons)
     for key in ("version_key", "physics_key", "seed", "medium_fingerprint", "normalisation", "created_utc"):
         assert key in back.meta
+    # the physics it was built with travels with it, bit for bit, plus the xraydb provenance
+    ref = back.medium_ref
+    np.testing.assert_array_equal(ref["rows"], tiny_table.medium_ref["rows"])
+    assert ref["rows"].shape == (6, 3344) and ref["line_names"] == ("Fe Ka", "Fe Kb", "Ni Ka", "Ni Kb")
+    assert ref["source"]["points_per_decade"] == 1000 and ref["source"]["elements"] == ["Fe", "Ni"]
+    assert _medium_from_ref(ref).fingerprint() == back.meta["medium_fingerprint"]
+    import xraydb
+
+    assert back.meta["xraydb_version"] == xraydb.__version__
+    with open(xraydb.get_xraydb().dbname, "rb") as fh:
+        assert back.meta["xraydb_db_sha256"] == hashlib.sha256(fh.read()).hexdigest()
+    assert back.meta["medium_reference_version"] == "1" and len(back.meta["grids_key"]) == 20
     with pytest.raises(PopsynthError, match="version key"):
         read_greens(path, expect_version_key="not-this-one")
     with pytest.raises(PopsynthError, match="not found"):
@@ -433,6 +459,10 @@ def test_build_cli_smoke(tmp_path, capsys):
     assert "wrote" in out and "slab" in out
     t = read_greens(tmp_path / "slab.h5")
     assert t.kind == "slab" and t.G.shape[:3] == (1, 1, 10)
+    assert t.medium_ref["rows"].shape == (6, 13371) and t.meta["xraydb_version"]
+    assert main(["--check", "--kind", "slab", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok ") and "slab.h5 is current" in out and "13371 of 13371" in out
     assert main(["--kind", "slab", "--device", "cuda:99", "--out", str(tmp_path)]) == 2  # clear error
     assert "error:" in capsys.readouterr().err
 
@@ -577,12 +607,207 @@ def test_torus_table_bookkeeping():
                 assert abs(np.mean(mc[ok] / tr[ok]) - 1) < tol, (t.log_nh[a], t.theta_tor_deg[b], i)
 
 
-def test_shipped_tables_are_current():
-    """The shipped tables were built by this code with today's cross sections and atomic data
-    (physics_key); if this fails, popsynth.physics or the transport changed: rebuild with
-    'python -m popsynth.mc.build --kind all' (about 16 min on 2 CPU cores)."""
-    medium = tabulate_medium()  # the build command's default tabulation
+# ------------------------------------------------------------------------------------------
+# Currency of the shipped tables
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def build_medium():
+    """Today's medium as the build command tabulates it (4000 nodes per decade, ~1.3 s)."""
+    return tabulate_medium()
+
+
+def _medium_from_ref(ref):
+    return Medium(ref["ln_e0"], ref["dln"], torch.as_tensor(ref["rows"]),
+                  torch.as_tensor(ref["line_energies_keV"]), tuple(ref["line_names"]), ref["scattering"])
+
+
+def _perturbed(medium, rel, row=None, node=None):
+    """``medium`` with sigma_tot and the probabilities scaled by (1 + rel): all rows and nodes,
+    or only ``row`` (0: sigma_tot, via ln sigma_tot + log1p(rel)) at ``node``."""
+    rows = medium.rows.clone()
+    sel = slice(None) if node is None else node
+    for r in range(rows.shape[0]) if row is None else (row,):
+        if r == 0:
+            rows[0, sel] += math.log1p(rel)
+        else:
+            rows[r, sel] *= 1.0 + rel
+    return dataclasses.replace(medium, rows=rows)
+
+
+def test_shipped_tables_are_current(build_medium):
+    """The shipped tables were built by this code with today's cross sections and atomic data,
+    within MEDIUM_RTOL = 1e-9 on every one of the 13,371 medium nodes (floating-point noise,
+    e.g. numpy's AVX-512 exp, is ~1e-12 at most); if this fails, popsynth.physics, xraydb or
+    the transport changed: rebuild with 'python -m popsynth.mc.build --kind all' (about 16 min
+    on 2 CPU cores). The stored medium is bit for bit the one the table was built with (it
+    reproduces the recorded medium_fingerprint), and the xraydb provenance is recorded."""
+    assert MEDIUM_RTOL == 1e-9
     for kind in ("torus", "slab"):
         t = _shipped(kind)
-        assert is_current(t, medium), f"data/greens/{kind}.h5 is stale"
+        chk = check_table(t, build_medium)
+        assert chk.current, chk.message()
+        assert is_current(t, build_medium), f"data/greens/{kind}.h5 is stale"
+        # measured noise: 1.0e-12 (AVX-512 vs generic numpy exp); 0 on the build's code path
+        assert chk.nodes_compared == chk.nodes_total == 13371 and chk.max_rel_diff < 1e-10, chk.message()
         assert t.meta["format_version"] == "1" and len(t.meta["version_key"]) == 20
+        fingerprint = _medium_from_ref(t.medium_ref).fingerprint()
+        assert fingerprint == t.meta["medium_fingerprint"] == "94f0522809e9e4ea"
+        assert t.meta["xraydb_version"] == "4.5.8" and len(t.meta["xraydb_db_sha256"]) == 64
+        int(t.meta["xraydb_db_sha256"], 16)  # hex
+        src = t.medium_ref["source"]
+        assert src["points_per_decade"] == 4000 and src["abund"] == "angr"
+        np.testing.assert_allclose(
+            src["line_yields"], [0.306963091, 0.0440220532, 0.359474454, 0.0524627301], rtol=1e-8
+        )
+        np.testing.assert_allclose(t.medium_ref["line_energies_keV"], t.line_energies_keV, rtol=0)
+
+
+def test_currency_tolerance(build_medium):
+    """is_current / check_table: relative noise of 1e-15 on the whole medium passes; 1e-6 on
+    sigma_tot, on one node of one line probability, on a line energy or on a yield fails, and
+    the message says what and where (all medium nodes are compared)."""
+    t = _shipped("slab")
+    ok = check_table(t, _perturbed(build_medium, 1e-15))
+    assert ok.current and ok.max_rel_diff < 1e-11 and ok.problems == [], ok.message()
+
+    bad = check_table(t, _perturbed(build_medium, 1e-6, row=0), name="data/greens/slab.h5")
+    assert not bad.current and not is_current(t, _perturbed(build_medium, 1e-6, row=0))
+    assert bad.max_rel_diff == pytest.approx(1e-6, rel=1e-6) and bad.where.startswith("sigma_tot at ")
+    msg = bad.message()
+    assert "data/greens/slab.h5" in msg and "max relative difference 1.00e-06 in sigma_tot" in msg
+    assert "13371 of 13371 compared nodes differ" in msg and "python -m popsynth.mc.build --kind all" in msg
+
+    # one node of the Fe K alpha probability, just above the Fe K edge
+    j = int(np.flatnonzero(build_medium.rows[2].numpy())[0]) + 3
+    e_j = math.exp(build_medium.ln_e0 + build_medium.dln * j)
+    one = check_table(t, _perturbed(build_medium, 1e-6, row=2, node=j))
+    assert not one.current and one.where == f"P_Fe Ka at {e_j:.6g} keV (node {j} of 13371)"
+    assert one.max_rel_diff == pytest.approx(1e-6 / (1 + 1e-6), rel=1e-9)  # |a - b| / max(a, b)
+    assert "1 of 13371 compared nodes" in one.message()
+    assert j in check_nodes(t.medium_ref["rows"])  # the sampled load-time check sees K edges too
+
+    # a line energy (not in the rows at all) and a yield
+    le = build_medium.line_energies_keV.clone()
+    le[0] *= 1.0 + 1e-6
+    e_chk = check_table(t, dataclasses.replace(build_medium, line_energies_keV=le))
+    assert not e_chk.current and len(e_chk.problems) == 1 and e_chk.max_rel_diff < 1e-11
+    assert e_chk.problems[0].startswith("Fe Ka energy (keV) 6.4")
+    assert "relative difference 1.0e-06" in e_chk.problems[0]
+    src = dict(build_medium.source, line_yields=list(build_medium.source["line_yields"]))
+    src["line_yields"][1] *= 1.0 + 1e-6
+    y_med = dataclasses.replace(_perturbed(build_medium, 1e-6, row=3), source=src)
+    y_chk = check_table(t, y_med)
+    assert not y_chk.current and y_chk.where.startswith("P_Fe Kb")
+    expect = "Fe Kb yield 0.0440220532 -> 0.0440220972"
+    assert any(p.startswith(expect) for p in y_chk.problems), y_chk.problems
+
+    # exact parts: the transport version and the medium grid
+    old = dict(t.meta, transport_version="0")
+    tv = check_table(dataclasses.replace(t, meta=old), build_medium)
+    assert tv.problems == ["transport version '0', this code is version '1'"]
+    coarse = check_table(t, tabulate_medium(points_per_decade=1000))
+    assert not coarse.current and any(p.startswith("medium grid differs") for p in coarse.problems)
+    assert any("points_per_decade 4000 (table) vs 1000 (today)" in p for p in coarse.problems)
+
+
+@pytest.fixture
+def fresh_checks():
+    """Forget the load-time checks and warnings before and after (physics is monkeypatched)."""
+    greens_mod._clear_check_caches()
+    yield
+    greens_mod._clear_check_caches()
+
+
+def _load_twice(kind):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        t1 = load_greens(kind)
+        t2 = load_greens(kind)
+        chk = check_shipped_tables((kind,))[kind]
+    return t1, t2, chk, [w for w in rec if issubclass(w.category, StaleTableWarning)]
+
+
+def test_load_greens_checks_once(fresh_checks, monkeypatch):
+    """load_greens checks each shipped table once per process against today's physics on a
+    sample of the medium nodes (~1/14 of them, every absorption edge included), fast, and
+    warns once when it is out of date: noise of 1e-15 in the photoabsorption cross sections
+    passes, 1e-6 warns (naming the file, the largest difference and the fix); the table is
+    still returned and used."""
+    import popsynth.physics.crosssections as xs
+
+    real = xs.sigma_photo
+    real(np.array([1.0, 10.0]))  # xraydb open, as in a fit (its absorption components use it)
+    _, _, chk, warned = _load_twice("slab")
+    assert chk.current and warned == [] and chk.max_rel_diff < 1e-11
+    assert chk.nodes_compared == 966 and chk.nodes_total == 13371
+    assert chk.seconds < 1.0, chk.seconds  # ~0.16 s here; generous for a busy shared machine
+
+    greens_mod._clear_check_caches()
+    monkeypatch.setattr(xs, "sigma_photo", lambda e, **kw: real(e, **kw) * (1.0 + 1e-15))
+    _, _, chk, warned = _load_twice("slab")
+    assert chk.current and warned == [], chk.message()
+
+    greens_mod._clear_check_caches()
+    monkeypatch.setattr(xs, "sigma_photo", lambda e, **kw: real(e, **kw) * (1.0 + 1e-6))
+    t1, t2, chk, warned = _load_twice("slab")
+    assert len(warned) == 1, [str(w.message) for w in warned]
+    msg = str(warned[0].message)
+    path = str(default_table_path("slab"))
+    assert msg.startswith(f"Green's function table {path} is out of date") and "slab.h5" in msg
+    assert "max relative difference" in msg and "python -m popsynth.mc.build --kind all" in msg
+    # photoabsorption dominates at 0.5 keV: sigma_tot moves by (1e-6) x sigma_photo / sigma_tot
+    assert 0.95e-6 < chk.max_rel_diff < 1.0e-6 and not chk.current and msg == chk.message()
+    assert t1 is t2 and t1.G.shape == (1, 1, 10, 174, 150)  # still served
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        load_greens("slab")
+    assert rec == []  # once per process
+
+
+@pytest.mark.parametrize("field_name, value, expect", [
+    ("yield_", 0.30696309105456 * (1 + 1e-6),
+     "Fe Ka yield 0.3069630911 -> 0.306963398 (relative difference 1.0e-06 > 1e-09)"),
+    ("energy_keV", 6.404, "Fe Ka energy (keV) 6.40"),
+])
+def test_load_greens_warns_on_line_data(fresh_checks, monkeypatch, field_name, value, expect):
+    """A changed fluorescence yield or line energy (popsynth.physics.atomic) makes the
+    load-time check warn, naming the line and both values."""
+    import popsynth.physics.atomic as atomic
+
+    real = atomic.fluorescence_lines
+
+    def changed(elements=("Fe", "Ni")):
+        lines = real(elements)
+        return [ln._replace(**{field_name: value}) if ln.name == "Fe Ka" else ln for ln in lines]
+
+    monkeypatch.setattr(atomic, "fluorescence_lines", changed)
+    _, _, chk, warned = _load_twice("slab")
+    assert len(warned) == 1 and not chk.current
+    assert expect in str(warned[0].message), str(warned[0].message)
+    if field_name == "energy_keV":
+        assert "-> 6.404 " in str(warned[0].message) and chk.max_rel_diff < 1e-11  # rows unchanged
+
+
+def test_add_medium_reference_and_legacy_tables(tiny_table, medium, tmp_path):
+    """Tables without a stored medium fall back to the exact physics_key; add_medium_reference
+    adds the medium without touching the Monte Carlo datasets, and only if it is bit for bit
+    the build's medium."""
+    legacy = dataclasses.replace(tiny_table, medium_ref={}, meta={
+        k: v for k, v in tiny_table.meta.items() if k not in ("grids_key",)})
+    assert is_current(legacy, medium)
+    stale = check_table(legacy, _perturbed(medium, 1e-15))  # exact hash: even noise fails
+    assert not stale.current and stale.problems[0].startswith("no medium reference stored")
+    path = write_greens(legacy, tmp_path / "torus.h5")
+    before = read_greens(path)
+    assert before.medium_ref == {}
+    with pytest.raises(PopsynthError, match="not bit-identical"):
+        add_medium_reference(path, _perturbed(medium, 1e-15))
+    add_medium_reference(path, medium, note="test")
+    after = read_greens(path)
+    for name in ("G", "G_line", "T_mc", "G_rel_err", "absorbed", "photons", "e_out_edges"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
+    assert after.meta["version_key"] == before.meta["version_key"]
+    assert after.meta["medium_reference_note"] == "test"
+    assert after.meta["grids_key"] == tiny_table.meta["grids_key"]
+    np.testing.assert_array_equal(after.medium_ref["rows"], medium.rows.numpy())
+    assert check_table(after, medium).current and not check_table(after, _perturbed(medium, 1e-6)).current

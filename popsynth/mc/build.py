@@ -10,6 +10,23 @@ configurations are independent). Progress is printed one line per configuration.
 written atomically (temporary file, then os.replace) to ``<out>/torus.h5`` and
 ``<out>/slab.h5``. On a GPU use many more photons (e.g. ``--photons 5e7 --device cuda
 --max-active 4000000``) to shrink the Monte Carlo errors; see data/greens/README.md.
+
+Every table records the physics it was built with: the tabulated medium (dataset
+``medium_rows``), the line data, the tabulation arguments, the xraydb version and the sha256
+of xraydb's database (see :func:`popsynth.mc.greens.check_table`). Two more modes:
+
+    python -m popsynth.mc.build --check [--kind K] [--out DIR]
+
+compares the tables in DIR with today's code and physics (every medium node, rtol 1e-9) and
+exits with 1 if one is stale;
+
+    python -m popsynth.mc.build --add-reference [--kind K] [--out DIR]
+
+stores the medium reference in existing tables without re-running the Monte Carlo (their
+photon datasets stay byte-identical); it refuses unless today's tabulated medium is bit for
+bit the one the table was built with (its ``medium_fingerprint``). On CPUs where numpy's
+SIMD ``exp`` differs from the build machine's, run it with the generic code path:
+``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL" python -m popsynth.mc.build --add-reference``.
 """
 
 from __future__ import annotations
@@ -23,7 +40,15 @@ import torch
 
 from .._tensor import resolve_device
 from ..errors import PopsynthError
-from .greens import DEFAULT_THETA_TOR, build_table, write_greens
+from .greens import (
+    DEFAULT_THETA_TOR,
+    add_medium_reference,
+    build_table,
+    check_table,
+    read_greens,
+    write_greens,
+    xraydb_provenance,
+)
 from .transport import tabulate_medium
 
 DEFAULT_PHOTONS = {"torus": 1_500_000, "slab": 15_000_000}
@@ -58,7 +83,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--seed", type=int, default=20190101, help="base random seed (default 20190101)")
-    p.add_argument("--out", type=Path, default=Path("data/greens"), help="output folder (default data/greens/)")
+    p.add_argument(
+        "--out", type=Path, default=Path("data/greens"), help="output folder (default data/greens/)"
+    )
     p.add_argument(
         "--log-nh", type=_floats, default=None,
         help="torus log10 N_H nodes, comma-separated (default 20-22 step 0.5, 22-26 step 0.25)",
@@ -77,7 +104,46 @@ def make_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: robust on a shared machine; try 2+ on an idle one)",
     )
     p.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check", action="store_true",
+        help="check the tables in --out against today's code and physics (exit 1 if stale); build nothing",
+    )
+    mode.add_argument(
+        "--add-reference", action="store_true",
+        help=(
+            "store today's tabulated medium, line data and xraydb version in the existing tables in "
+            "--out without re-running the Monte Carlo (only if bit-identical to the build's medium)"
+        ),
+    )
     return p
+
+
+def _check(kinds, out: Path) -> int:
+    stale = 0
+    for kind in kinds:
+        chk = check_table(read_greens(out / f"{kind}.h5"), name=str(out / f"{kind}.h5"))
+        print(("ok    " if chk.current else "STALE ") + chk.message() + f" [{chk.seconds:.2f} s]", flush=True)
+        stale += not chk.current
+    return 1 if stale else 0
+
+
+def _add_reference(kinds, out: Path, medium) -> int:
+    for kind in kinds:
+        path = add_medium_reference(
+            out / f"{kind}.h5", medium,
+            note=(
+                "medium reference added after the build, without re-running the Monte Carlo: today's "
+                f"tabulation reproduces the table's medium_fingerprint {medium.fingerprint()} bit for "
+                "bit, so it is the medium the table was built with; xraydb fields describe the "
+                "installation that reproduced it"
+            ),
+        )
+        chk = check_table(read_greens(path), medium, name=str(path))
+        print(f"added the medium reference to {path}: {chk.message()}", flush=True)
+        if not chk.current:
+            return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +154,17 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         kinds = ("torus", "slab") if args.kind == "all" else (args.kind,)
         t0 = time.perf_counter()
+        if args.check:
+            return _check(kinds, Path(args.out))
         medium = tabulate_medium(device=dev)
-        print(f"medium: {medium.description} (fingerprint {medium.fingerprint()}), device {dev}", flush=True)
+        prov = xraydb_provenance()
+        print(
+            f"medium: {medium.description} (fingerprint {medium.fingerprint()}), xraydb "
+            f"{prov['xraydb_version']} (database sha256 {prov['xraydb_db_sha256'][:12]}), device {dev}",
+            flush=True,
+        )
+        if args.add_reference:
+            return _add_reference(kinds, Path(args.out), medium.to("cpu"))
         max_active = args.max_active or ((1 << 21) if dev.type == "cuda" else (1 << 16))
         say = None if args.quiet else (lambda line: print(line, flush=True))
         for kind in kinds:

@@ -79,6 +79,13 @@ class Medium:
     line_energies_keV: [L]; line_names: names of the lines ("Fe Ka", ...).
     scattering: "klein-nishina" (real physics) or "isotropic-elastic" (test media: isotropic
     phase function, no recoil).
+    source: how :func:`tabulate_medium` made the tables (empty for test media): the tabulation
+    arguments ``e_min_keV``, ``e_max_keV`` (keV), ``points_per_decade``, ``abund``,
+    ``elements`` (list), and per line ``line_yields`` (line photons per K-shell ionisation),
+    ``line_edges_keV`` (K edge of the line's element, keV) and ``line_jump_ratios`` (K jump
+    ratio of that element), lists of length L. Provenance only: not part of
+    :meth:`fingerprint`; the Green's tables store it to judge later whether they are current
+    (:func:`popsynth.mc.greens.check_table`).
     """
 
     ln_e0: float
@@ -88,6 +95,7 @@ class Medium:
     line_names: tuple[str, ...]
     scattering: str = "klein-nishina"
     description: str = ""
+    source: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def n_lines(self) -> int:
@@ -101,7 +109,7 @@ class Medium:
         """Copy of the medium with its tables on ``device``."""
         return Medium(
             self.ln_e0, self.dln, self.rows.to(device), self.line_energies_keV.to(device),
-            self.line_names, self.scattering, self.description,
+            self.line_names, self.scattering, self.description, dict(self.source),
         )
 
     def lookup(self, energy_keV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +138,65 @@ class Medium:
         return h.hexdigest()[:16]
 
 
+MEDIUM_ROW_NAMES = ("ln_sigma_tot", "P_compton")
+"""Names of the first two rows of :attr:`Medium.rows`; row 2 + l is "P_<line name>"."""
+
+
+def medium_grid(
+    e_min_keV: float = 0.5, e_max_keV: float = 1100.0, points_per_decade: int = 4000
+) -> tuple[float, float, int]:
+    """Energy grid of :func:`tabulate_medium`: (ln_e0, dln, n) with nodes
+    E_j = exp(ln_e0 + j dln) keV, j = 0 .. n - 1, from e_min_keV to e_max_keV (keV) with
+    ``points_per_decade`` nodes per decade of E (n = ceil(log10(e_max/e_min) ppd) + 1)."""
+    if not (0.1 <= e_min_keV < e_max_keV):
+        raise PopsynthError(
+            f"bad medium energy range {e_min_keV}-{e_max_keV} keV", "use 0.1 <= e_min < e_max (keV)"
+        )
+    n = int(math.ceil(math.log10(e_max_keV / e_min_keV) * points_per_decade)) + 1
+    ln_e0 = math.log(e_min_keV)
+    dln = (math.log(e_max_keV) - ln_e0) / (n - 1)
+    return ln_e0, dln, n
+
+
+def medium_physics(
+    energy_keV: np.ndarray, abund: str = "angr", elements: tuple[str, ...] = ("Fe", "Ni")
+) -> tuple[np.ndarray, list]:
+    """The interaction physics of :func:`tabulate_medium` at arbitrary energies.
+
+    energy_keV: float64 [m] (keV, >= 0.1). Returns (rows, lines): rows float64 [2 + L, m] in
+    the layout of :attr:`Medium.rows` (ln sigma_tot per H atom in cm^2, P_C, P_l), lines the
+    :class:`popsynth.physics.atomic.FluorescenceLine` list of ``elements`` (length L). Every
+    column depends on its own energy only, so the rows at a subset of the grid nodes equal
+    the full tabulation there (to rounding): :func:`popsynth.mc.greens.check_table` uses this
+    to re-evaluate today's physics at a sample of a table's nodes cheaply.
+    """
+    from ..physics import crosssections as xs
+    from ..physics.atomic import fluorescence_lines
+
+    energy = np.ascontiguousarray(energy_keV, dtype=np.float64)
+    sig_ph = xs.sigma_photo(energy, abund=abund).numpy()
+    sig_c = (xs.ELECTRONS_PER_H * xs.sigma_kn(torch.as_tensor(energy))).numpy()
+    sig_tot = sig_ph + sig_c
+    lines = fluorescence_lines(elements)
+    rows = [np.log(sig_tot), sig_c / sig_tot]
+    for ln in lines:
+        sk = xs.sigma_photo_kshell(ln.element, energy, abund=abund).numpy()
+        rows.append(sk * ln.yield_ / sig_tot)
+    return np.stack(rows), lines
+
+
+def line_source(lines: list) -> dict:
+    """Per-line atomic data of ``lines`` (FluorescenceLine list) for :attr:`Medium.source`:
+    line_yields, line_edges_keV, line_jump_ratios (lists of float, see :class:`Medium`)."""
+    from ..physics.atomic import k_edge
+
+    return {
+        "line_yields": [float(ln.yield_) for ln in lines],
+        "line_edges_keV": [float(ln.edge_keV) for ln in lines],
+        "line_jump_ratios": [float(k_edge(ln.element).jump_ratio) for ln in lines],
+    }
+
+
 def tabulate_medium(
     e_min_keV: float = 0.5,
     e_max_keV: float = 1100.0,
@@ -145,32 +212,23 @@ def tabulate_medium(
     abund: abundance table name ("angr" = Anders & Grevesse 1989, as pexrav/pexmon);
     elements: elements whose K-shell fluorescence lines are followed
     (:func:`popsynth.physics.atomic.fluorescence_lines`). Returns a :class:`Medium` on
-    ``device``. Cross sections from :mod:`popsynth.physics.crosssections`.
+    ``device`` (grid :func:`medium_grid`, rows :func:`medium_physics`, provenance in
+    ``Medium.source``). Cross sections from :mod:`popsynth.physics.crosssections`.
     """
     from ..physics import crosssections as xs
-    from ..physics.atomic import fluorescence_lines
 
-    if not (0.1 <= e_min_keV < e_max_keV):
-        raise PopsynthError(
-            f"bad medium energy range {e_min_keV}-{e_max_keV} keV", "use 0.1 <= e_min < e_max (keV)"
-        )
-    n = int(math.ceil(math.log10(e_max_keV / e_min_keV) * points_per_decade)) + 1
-    ln_e0 = math.log(e_min_keV)
-    dln = (math.log(e_max_keV) - ln_e0) / (n - 1)
+    ln_e0, dln, n = medium_grid(e_min_keV, e_max_keV, points_per_decade)
     energy = np.exp(ln_e0 + dln * np.arange(n))
-    sig_ph = xs.sigma_photo(energy, abund=abund).numpy()
-    sig_c = (xs.ELECTRONS_PER_H * xs.sigma_kn(torch.as_tensor(energy))).numpy()
-    sig_tot = sig_ph + sig_c
-    lines = fluorescence_lines(elements)
-    rows = [np.log(sig_tot), sig_c / sig_tot]
-    for ln in lines:
-        sk = xs.sigma_photo_kshell(ln.element, energy, abund=abund).numpy()
-        rows.append(sk * ln.yield_ / sig_tot)
-    table = torch.as_tensor(np.stack(rows), dtype=torch.float64)
+    rows, lines = medium_physics(energy, abund=abund, elements=tuple(elements))
+    source = {
+        "e_min_keV": float(e_min_keV), "e_max_keV": float(e_max_keV),
+        "points_per_decade": int(points_per_decade), "abund": str(abund),
+        "elements": [str(e) for e in elements], **line_source(lines),
+    }
     return Medium(
         ln_e0=ln_e0,
         dln=dln,
-        rows=table,
+        rows=torch.as_tensor(rows, dtype=torch.float64),
         line_energies_keV=torch.as_tensor([ln.energy_keV for ln in lines], dtype=torch.float64),
         line_names=tuple(ln.name for ln in lines),
         scattering="klein-nishina",
@@ -178,6 +236,7 @@ def tabulate_medium(
             f"neutral gas, abund={abund}, sigma_photo Elam+2002 (xraydb), Klein-Nishina x "
             f"{xs.ELECTRONS_PER_H} e/H, K lines of {','.join(elements)}"
         ),
+        source=source,
     ).to(device)
 
 
