@@ -14,7 +14,8 @@ constraints of Ananna et al. 2019 Table 2 that could not be obtained are in
   list of :class:`CTFraction`.
 
 Every problem with a file (missing, not ECSV, a missing column or unit, wrong units,
-non-finite or non-positive values, an unknown name) raises
+non-finite or non-positive values, an unknown name, a row count that differs from the
+``n_points`` the header declares where it declares one) raises
 :class:`popsynth.errors.PopsynthError` naming the file and the problem.
 """
 
@@ -181,6 +182,23 @@ def _optional_float(meta, key: str, path: Path) -> float | None:
     return f
 
 
+def _check_declared_rows(meta, n_rows: int, path: Path) -> None:
+    """Rows against the header's ``n_points`` where declared (a table cut at a row boundary
+    still parses; only the declared number reveals it)."""
+    v = meta.get("n_points")
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _fail(path, f"header field 'n_points' must be a count (integer >= 0), found {v!r}")
+    if v != n_rows:
+        raise _fail(
+            path,
+            f"the header declares n_points: {v} but the file has {n_rows} rows "
+            f"({'truncated or rows deleted' if n_rows < v else 'rows added'})",
+            f"restore the file (e.g. 'git checkout -- counts/{path.name}' in data/) or {_REGEN}",
+        )
+
+
 def _is_counts_file(path: Path) -> bool:
     """True when the ECSV header declares a number-count quantity (cheap header scan)."""
     try:
@@ -237,6 +255,7 @@ def load_counts(name: str, data_dir=None) -> CountsData:
     _require_columns(table, _COUNT_COLS, path)
     if len(table) == 0:
         raise _fail(path, "table has no rows")
+    _check_declared_rows(meta, len(table), path)
     flux = _numeric(table, "flux", path, FLUX_UNIT)
     value = _numeric(table, "value", path, _VALUE_UNITS[kind])
     err_lo = _numeric(table, "err_lo", path, _VALUE_UNITS[kind])
@@ -272,6 +291,7 @@ def load_ct_fractions(data_dir=None) -> list[CTFraction]:
     _require_columns(table, _CT_COLS, path)
     if len(table) == 0:
         raise _fail(path, "table has no rows")
+    _check_declared_rows(table.meta or {}, len(table), path)
     band_lo = _numeric(table, "band_lo", path, "keV")
     band_hi = _numeric(table, "band_hi", path, "keV")
     flux_limit = _numeric(table, "flux_limit", path, FLUX_UNIT)

@@ -10,8 +10,9 @@ validation only (no point used in the fit; load it with ``selected=False``).
 Quantity: E^2 dN/dE in keV^2 cm^-2 s^-1 keV^-1 sr^-1 (= keV cm^-2 s^-1 sr^-1); energies in keV.
 
 Every problem with a file (missing, not ECSV, a missing column, a wrong unit, bad values, no
-point selected) raises :class:`popsynth.errors.PopsynthError` naming the file, the problem
-and what to do.
+point selected, fewer or more rows or selected points than the header declares in its
+``n_points`` / ``n_used_in_fit`` metadata, e.g. a truncated file) raises
+:class:`popsynth.errors.PopsynthError` naming the file, the problem and what to do.
 """
 
 from __future__ import annotations
@@ -173,6 +174,31 @@ def _used_flags(table, path: Path) -> np.ndarray:
     )
 
 
+def _declared(meta, key: str, path: Path) -> int | None:
+    v = meta.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _fail(path, f"header field '{key}' must be a count (integer >= 0), found {v!r}",
+                    f"fix the header or {_REGEN}")
+    return v
+
+
+def _check_declared_counts(meta, n_rows: int, n_used: int, path: Path) -> None:
+    """Rows and selected points against the header's ``n_points`` and ``n_used_in_fit``
+    (each checked where declared): a file cut at a row boundary still parses, so only the
+    declared numbers reveal it."""
+    for key, found, what in (("n_points", n_rows, "rows"), ("n_used_in_fit", n_used, "points with used_in_fit True")):
+        expected = _declared(meta, key, path)
+        if expected is not None and expected != found:
+            raise _fail(
+                path,
+                f"the header declares {key}: {expected} but the file has {found} {what} "
+                f"({'truncated or rows deleted' if found < expected else 'rows added or changed'})",
+                f"restore the file (e.g. 'git checkout -- {path.parent.name}/{path.name}' in data/) or {_REGEN}",
+            )
+
+
 def load_cxb_dataset(name: str, selected: bool = True, data_dir=None) -> CXBDataset:
     """Load and validate one CXB data set.
 
@@ -205,6 +231,7 @@ def load_cxb_dataset(name: str, selected: bool = True, data_dir=None) -> CXBData
     cols = {c: _column_values(table, c, "keV", path) for c in _ENERGY_COLS}
     cols.update({c: _column_values(table, c, INTENSITY_UNIT, path) for c in _INTENSITY_COLS})
     used = _used_flags(table, path)
+    _check_declared_counts(table.meta or {}, len(table), int(used.sum()), path)
 
     for c in ("energy", "intensity", "err_lo", "err_hi"):
         v = cols[c]
