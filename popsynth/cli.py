@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .errors import PopsynthError
@@ -20,89 +21,228 @@ outputs (in --out): checkpoint.pt, xlf_best.h5 (cube + axes + metadata), xlf_bes
 """
 
 
+def _lr_help() -> str:
+    from .fit import OPTIMIZERS
+
+    parts = [f"{name}: {c.lr_meaning}, {c.lr_range[0]:g} to {c.lr_range[1]:g}, default {c.default_lr:g}"
+             for name, c in OPTIMIZERS.items()]
+    return "learning rate, finite and > 0, within the working range of the optimizer (" + "; ".join(parts) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser. Every option defaults to None so that :func:`main` knows which
+    flags were given (the defaults of a new run are RunConfig's; on --resume the stored ones)."""
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Fit the 15 block weights of the U14+R15 X-ray luminosity function to the cosmic X-ray "
                     "background (Chandra COSMOS, RXTE, Swift/BAT), for many random starts at once "
                     "(Ananna et al. 2019, section 5.1).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec-set", type=str, default="5", metavar="N",
+    p.add_argument("--spec-set", type=str, metavar="N",
                    help="spectral set 1-5 of A19 Table 4 (photon index, reflection, cutoff distributions); default 5")
-    p.add_argument("--starts", type=int, default=100, help="number of random starts fitted together (default 100)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="maximum optimiser steps (default: lm 200, adam 3000, gd 20000); starts stop early when stalled")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (gd: step on w, default 2e-3; adam: on log w, default 0.05; lm: initial damping, default 1e-2)")
-    p.add_argument("--optimizer", default="lm", metavar="{lm,adam,gd}",
+    p.add_argument("--starts", type=int,
+                   help="number of random starts fitted together (default 100; at most 10000000, and as many as "
+                        "the memory holds: a run that cannot fit is refused with an estimate)")
+    p.add_argument("--steps", type=int,
+                   help="maximum optimiser steps, 1 to 1000000 (default: lm 200, adam 3000, gd 20000); "
+                        "starts stop early when stalled")
+    p.add_argument("--lr", type=float, help=_lr_help())
+    p.add_argument("--optimizer", metavar="{lm,adam,gd}",
                    help="lm = batched Levenberg-Marquardt (default, fastest); adam; gd = plain gradient descent as in A19")
-    p.add_argument("--loss", default="chi2", metavar="{chi2,a19}",
+    p.add_argument("--loss", metavar="{chi2,a19}",
                    help="chi2 with the data errors (default) or a19 = eq. B3 cost sum (obs-model)^2/2n")
-    p.add_argument("--sys-floor", type=float, default=0.0,
-                   help="fractional systematic error added in quadrature to every CXB point for chi2 (e.g. 0.03); default 0")
-    p.add_argument("--weight-prior", type=float, default=1.0,
-                   help="width in dex of a Gaussian prior on log10 of each block weight around 1 (default 1.0; 0 = off, as A19)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random starting weights (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--out", default=None, help="output folder (default checkpoints/spec-set-N)")
-    p.add_argument("--resume", default=None, metavar="PATH",
-                   help="resume the run in this folder (or checkpoint.pt); its stored settings are used, --steps may extend it")
-    p.add_argument("--draws", type=int, default=64, help="spectral parameter draws per class (default 64)")
-    p.add_argument("--galaxies", default="a19", metavar="{a19,sfr,none}",
+    p.add_argument("--sys-floor", type=float,
+                   help="fractional systematic error added in quadrature to every CXB point for chi2, in [0, 1) "
+                        "(e.g. 0.03); default 0")
+    p.add_argument("--weight-prior", type=float,
+                   help="width in dex (finite, >= 0) of a Gaussian prior on log10 of each block weight around 1 "
+                        "(default 1.0; 0 = off, as A19)")
+    p.add_argument("--seed", type=int, help="seed of the random starting weights, 0 to 2**63-1 (default 0)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--out", help="output folder (default checkpoints/spec-set-N); must be a folder you can write to; "
+                                 "one run at a time per folder (a lock file .popsynth.lock guards it)")
+    p.add_argument("--resume", metavar="PATH",
+                   help="resume the run in this folder (or its checkpoint.pt) with its stored settings; "
+                        "--steps, --device and --quiet may change, any other flag must match the stored value")
+    p.add_argument("--draws", type=int, help="spectral parameter draws per class, 1 to 10000 (default 64)")
+    p.add_argument("--galaxies", metavar="{a19,sfr,none}",
                    help="galaxy CXB term: a19 (A19 fixed shape, default), sfr (X-ray binaries from cosmic SFR history) or none")
-    p.add_argument("--absorption", default="a19", metavar="{a19,u14}",
+    p.add_argument("--absorption", metavar="{a19,u14}",
                    help="starting absorption function: a19 = U14+R15 (A19 App. A, default) or u14")
-    p.add_argument("--spectral-model", default="a19", metavar="{a19,a19-incident-cutoff,a19-full-absorber,transmitted}",
+    p.add_argument("--spectral-model", metavar="{a19,a19-incident-cutoff,a19-full-absorber,transmitted}",
                    help="AGN spectrum: a19 = scattered + transmitted + pexmon-like reflection + torus reprocessing "
                         "(A19 sec. 5.2, default); a19-incident-cutoff = torus reprocesses the cutoff power law; "
                         "a19-full-absorber = reflection also Compton-attenuated; transmitted = no reflection, no torus")
-    p.add_argument("--torus-table", default=None, metavar="FITS",
+    p.add_argument("--torus-table", metavar="FITS",
                    help="XSPEC torus atable (torus1006.fits, UXCLUMPY, borus02) replacing the built-in Monte Carlo torus")
-    p.add_argument("--mode", default="a19", metavar="{a19,joint,cxb}",
+    p.add_argument("--mode", metavar="{a19,joint,cxb}",
                    help="a19 (default): fit the CXB, then select the converged start that best fits the number counts "
                         "and observed CT fractions (A19 sec. 4); joint: one loss over CXB + counts + CT fractions; "
                         "cxb: CXB only")
-    p.add_argument("--counts", default=None, metavar="NAMES",
+    p.add_argument("--counts", metavar="NAMES",
                    help="comma-separated number-count tables of data/counts (default: BAT 105-month differential, "
                         "Lehmer+12 CDF-S 0.5-2 and 2-8 keV, Cappelluti+09 XMM-COSMOS 2-10 keV) or 'none'")
-    p.add_argument("--no-ct", action="store_true", help="leave the observed CT fractions out of the constraints")
-    p.add_argument("--counts-weight", type=float, default=1.0, help="weight of the counts chi2 in --mode joint (default 1)")
-    p.add_argument("--ct-weight", type=float, default=1.0, help="weight of the CT-fraction chi2 in --mode joint (default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-ct", action="store_true", default=None, help="leave the observed CT fractions out of the constraints")
+    p.add_argument("--counts-weight", type=float,
+                   help="weight (finite, >= 0) of the counts chi2 in --mode joint (default 1)")
+    p.add_argument("--ct-weight", type=float, help="weight (finite, >= 0) of the CT-fraction chi2 in --mode joint (default 1)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from .run import RunConfig, run
+# dest -> (flag, RunConfig field); the value conversions are in _to_config
+FLAGS = {
+    "spec_set": ("--spec-set", "spec_set"), "starts": ("--starts", "starts"), "steps": ("--steps", "steps"),
+    "lr": ("--lr", "lr"), "optimizer": ("--optimizer", "optimizer"), "loss": ("--loss", "loss"),
+    "sys_floor": ("--sys-floor", "sys_floor"), "weight_prior": ("--weight-prior", "weight_prior"),
+    "seed": ("--seed", "seed"), "device": ("--device", "device"), "out": ("--out", "out"),
+    "draws": ("--draws", "draws"), "galaxies": ("--galaxies", "galaxies"), "absorption": ("--absorption", "absorption"),
+    "spectral_model": ("--spectral-model", "spectral_model"), "torus_table": ("--torus-table", "torus_table"),
+    "mode": ("--mode", "mode"), "counts": ("--counts", "counts"), "no_ct": ("--no-ct", "use_ct"),
+    "counts_weight": ("--counts-weight", "counts_weight"), "ct_weight": ("--ct-weight", "ct_weight"),
+    "quiet": ("--quiet", "progress"),
+}
+
+
+def _to_config(dest: str, value):
+    """A flag's value as the RunConfig field's value."""
+    if dest == "spec_set":
         from .spectra.sets import get_spectral_set
 
-        from .constraints import DEFAULT_COUNTS
+        return get_spectral_set(value).number
+    if dest == "counts":
+        if value.strip().lower() == "none":
+            return ()
+        return tuple(n.strip() for n in value.split(",") if n.strip())
+    if dest in ("no_ct", "quiet"):
+        return not value
+    return value
 
-        spec = get_spectral_set(args.spec_set).number
-        if args.counts is None:
-            counts = DEFAULT_COUNTS
-        elif args.counts.strip().lower() == "none":
-            counts = ()
+
+def _given(args: argparse.Namespace) -> dict:
+    """The flags the user actually gave: {dest: value}."""
+    return {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
+
+
+def _new_config(given: dict):
+    from .run import RunConfig
+
+    fields = {FLAGS[d][1]: _to_config(d, v) for d, v in given.items()}
+    fields.setdefault("out", f"checkpoints/spec-set-{fields.get('spec_set', RunConfig.spec_set)}")
+    return RunConfig(**fields)
+
+
+def _show(field: str, value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _resume_overrides(resume: str, given: dict) -> tuple[dict, list[str]]:
+    """Check the flags given with --resume against the checkpoint's stored settings.
+
+    Returns ({field: value} for the flags that may change on resume, ["--steps 400 (stored
+    200)", ...] describing them). Raises PopsynthError listing every flag that differs from the
+    stored value (flags equal to it are accepted and change nothing).
+    """
+    from pathlib import Path
+
+    from .fit import make_optimizer
+    from .run import RESUME_SAFE, load_resume
+
+    _, stored, folder = load_resume(resume)
+    conflicts, overrides, applied = [], {}, []
+    for dest, value in given.items():
+        flag, field = FLAGS[dest]
+        new = _to_config(dest, value)
+        if field == "out":
+            if Path(new).resolve() != folder.resolve():
+                conflicts.append(f"--out {value} (the run's folder is {folder})")
+            continue
+        old = getattr(stored, field)
+        if field in RESUME_SAFE:
+            if new != old:
+                overrides[field] = new
+                applied.append(f"{flag}{'' if isinstance(value, bool) else f' {value}'} (stored {field} {_show(field, old)})")
+            continue
+        if field == "lr":
+            old = make_optimizer(stored.optimizer, stored.lr).lr
+            same = math.isclose(new, old, rel_tol=1e-12)
+        elif isinstance(old, float) and isinstance(new, (int, float)):
+            same = math.isclose(new, old, rel_tol=1e-12, abs_tol=1e-15)
+        elif field == "torus_table" and old is not None:
+            same = Path(new).resolve() == Path(old).resolve()
         else:
-            counts = tuple(n.strip() for n in args.counts.split(",") if n.strip())
-        cfg = RunConfig(spec_set=spec, starts=args.starts, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
-                        loss=args.loss, sys_floor=args.sys_floor, weight_prior=args.weight_prior, seed=args.seed,
-                        device=args.device, out=args.out or f"checkpoints/spec-set-{spec}", draws=args.draws,
-                        galaxies=args.galaxies, absorption=args.absorption, spectral_model=args.spectral_model,
-                        torus_table=args.torus_table, mode=args.mode, counts=counts, use_ct=not args.no_ct,
-                        counts_weight=args.counts_weight, ct_weight=args.ct_weight, progress=not args.quiet)
-        if not args.resume:
-            cfg.validate()
-            from ._tensor import resolve_device
+            same = new == old
+        if not same:
+            shown = flag if isinstance(value, bool) else f"{flag} {value}"
+            conflicts.append(f"{shown} (stored {field} {_show(field, old)})")
+    if conflicts:
+        raise PopsynthError(
+            f"--resume {folder}: {', '.join(conflicts)} differ{'s' if len(conflicts) == 1 else ''} from the settings "
+            "stored in its checkpoint",
+            f"drop {'it' if len(conflicts) == 1 else 'them'} to continue that run as stored (only "
+            f"{', '.join(FLAGS[d][0] for d in FLAGS if FLAGS[d][1] in RESUME_SAFE)} may change on resume), "
+            "or start a new run with another --out")
+    return overrides, applied
 
-            resolve_device(cfg.device)
-        run(cfg, resume=args.resume)
+
+def _interrupted(intr) -> str:
+    """The one line printed on Ctrl-C, true to what is on disk (see RunInterrupted)."""
+    import shlex
+
+    ckpt = f"{intr.out.rstrip('/')}/checkpoint.pt"
+    cmd = f"python train.py --resume {shlex.quote(intr.out)}"
+    if intr.saved_step is not None and intr.finished:
+        return (f"interrupted while {intr.stage}: the finished fit (step {intr.saved_step}) is in {ckpt}, "
+                f"some output files may be missing; write them again with: {cmd}")
+    if intr.saved_step is not None:
+        return f"interrupted during the {intr.stage}: steps up to {intr.saved_step} are saved in {ckpt}; continue with: {cmd}"
+    if intr.resumed_step is not None:
+        return (f"interrupted during the {intr.stage}, before a new checkpoint was written: {ckpt} is unchanged "
+                f"(step {intr.resumed_step}); continue with: {cmd}")
+    return (f"interrupted during the {intr.stage}, before the first checkpoint: nothing of this run was saved; "
+            "rerun the same command to start again")
+
+
+def main(argv=None) -> int:
+    """Run train.py with ``argv`` (default sys.argv[1:]); returns the exit code: 0 done, 2 bad
+    input (one line "error: <what is wrong>; <what to do>" on stderr), 130 interrupted."""
+    args = build_parser().parse_args(argv)
+    given = _given(args)
+    try:
+        from .errors import RunInterrupted
+        from .run import RunConfig, run
+
+        try:
+            if args.resume:
+                overrides, applied = _resume_overrides(args.resume, given)
+                if applied:
+                    print(f"resume: applying {', '.join(applied)}")
+                run(RunConfig(), resume=args.resume, overrides=overrides)
+            else:
+                from ._tensor import resolve_device
+
+                cfg = _new_config(given)
+                cfg.validate()
+                resolve_device(cfg.device)
+                run(cfg)
+        except RunInterrupted as intr:
+            print(_interrupted(intr), file=sys.stderr)
+            return 130
     except PopsynthError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished work is in the last checkpoint; continue with --resume", file=sys.stderr)
+        if args.resume:
+            import shlex
+
+            msg = (f"interrupted before the resumed run started: its checkpoint is unchanged; "
+                   f"continue with: python train.py --resume {shlex.quote(args.resume)}")
+        else:
+            msg = "interrupted before the set-up finished; nothing was saved; rerun the same command to start again"
+        print(msg, file=sys.stderr)
         return 130
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +24,17 @@ from .cosmology import CosmologyParams, distance_tables
 from .constraints import DEFAULT_COUNTS, Constraints
 from .cxb import CXBModel, block_response, cxb_kernel
 from .data.cxb import TRAINING_SETS, load_cxb
-from .errors import PopsynthError
-from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, chi2_by_dataset, initial_weights,
-                  make_optimizer, prior_residuals, residuals)
+from .errors import PopsynthError, RunInterrupted
+from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, check_state, chi2_by_dataset,
+                  initial_weights, make_optimizer, prior_residuals, residuals)
 from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
-from .io import export_xlf_hdf5, load_checkpoint, save_checkpoint, write_cxb_table, write_json, XLFCube
+from .io import (RunLock, XLFCube, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint,
+                 save_checkpoint, write_cxb_table, write_json)
 from .progress import Progress
 from .spectra.model import SPECTRAL_MODELS, build_spectral_table, make_components
 from .spectra.sets import get_spectral_set
-from .xlf import apply_block_weights, build_phi0
+from .xlf import ABSORPTION_MODELS, apply_block_weights, build_phi0
 
 
 MODES = ("a19", "joint", "cxb")
@@ -71,6 +74,25 @@ class RunConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Check every setting (types, ranges, names) without touching files or building anything.
+
+        Raises PopsynthError naming the command-line flag of the bad setting. Memory and the
+        output folder are checked separately (:func:`check_resources`,
+        :func:`popsynth.io.check_output_folder`) because they depend on the machine.
+        """
+        for name, flag in (("starts", "--starts"), ("draws", "--draws"), ("seed", "--seed"),
+                           ("spectra_seed", "spectra_seed"), ("checkpoint_every", "checkpoint_every"),
+                           ("patience", "patience")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise PopsynthError(f"{flag} must be an integer, got {v!r}", f"pass an integer {flag}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)):
+            raise PopsynthError(f"--steps must be an integer, got {self.steps!r}", "pass an integer --steps")
+        for name, flag in (("sys_floor", "--sys-floor"), ("weight_prior", "--weight-prior"),
+                           ("counts_weight", "--counts-weight"), ("ct_weight", "--ct-weight"), ("rtol", "rtol")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise PopsynthError(f"{flag} must be a finite number, got {v!r}", f"pass a finite {flag}")
         get_spectral_set(self.spec_set)
         make_optimizer(self.optimizer, self.lr)
         if self.loss not in LOSSES:
@@ -79,12 +101,31 @@ class RunConfig:
             raise PopsynthError(f"--starts must be >= 1, got {self.starts}", "pass a positive number of starts")
         if self.steps is not None and self.steps < 1:
             raise PopsynthError(f"--steps must be >= 1, got {self.steps}", "pass a positive number of steps")
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise PopsynthError(f"--steps must be <= {MAX_STEPS}, got {self.steps}",
+                                "starts stop when they stall; lm needs tens of steps, gd some 10^4")
+        if not (0 <= self.seed < 2 ** 63):
+            raise PopsynthError(f"--seed must be in 0 .. 2**63 - 1, got {self.seed}", "pass e.g. --seed 0")
+        if not (0 <= self.spectra_seed < 2 ** 63):
+            raise PopsynthError(f"spectra_seed must be in 0 .. 2**63 - 1, got {self.spectra_seed}", "e.g. 0")
         if not (0 <= self.sys_floor < 1):
             raise PopsynthError(f"--sys-floor must be a fraction in [0, 1), got {self.sys_floor}", "e.g. --sys-floor 0.03")
+        if self.weight_prior < 0:
+            raise PopsynthError(f"--weight-prior must be >= 0 dex, got {self.weight_prior}",
+                                "pass a width in dex, e.g. --weight-prior 1, or 0 to switch the prior off")
+        for name, flag in (("counts_weight", "--counts-weight"), ("ct_weight", "--ct-weight")):
+            if getattr(self, name) < 0:
+                raise PopsynthError(f"{flag} must be >= 0, got {getattr(self, name)}", f"pass e.g. {flag} 1")
         if self.galaxies not in GALAXY_MODELS:
             raise PopsynthError(f"unknown galaxy model '{self.galaxies}'", f"use one of {sorted(GALAXY_MODELS)}")
-        lo, hi = self.init_range
-        if not (0 < lo < hi):
+        if self.absorption not in ABSORPTION_MODELS:
+            raise PopsynthError(f"unknown absorption function '{self.absorption}'",
+                                f"use --absorption {' or '.join(ABSORPTION_MODELS)}")
+        try:
+            lo, hi = (float(x) for x in self.init_range)
+        except (TypeError, ValueError):
+            raise PopsynthError(f"bad initial weight range {self.init_range!r}", "use (low, high) with 0 < low < high") from None
+        if not (0 < lo < hi < math.inf):
             raise PopsynthError(f"bad initial weight range {self.init_range}", "use 0 < low < high")
         if self.spectral_model not in SPECTRAL_MODELS:
             raise PopsynthError(f"unknown spectral model '{self.spectral_model}'",
@@ -99,6 +140,9 @@ class RunConfig:
                                 "drop --counts none / --no-ct, or use --mode cxb")
         if self.draws < 1:
             raise PopsynthError(f"--draws must be >= 1, got {self.draws}", "pass a positive number of draws")
+        if self.checkpoint_every < 1 or self.patience < 1 or not (0 <= self.rtol < 1):
+            raise PopsynthError(f"bad internal settings checkpoint_every={self.checkpoint_every}, patience={self.patience}, "
+                                f"rtol={self.rtol}", "use checkpoint_every >= 1, patience >= 1, 0 <= rtol < 1")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -108,13 +152,195 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        d["datasets"] = tuple(d.get("datasets", TRAINING_SETS))
-        d["counts"] = tuple(d.get("counts", DEFAULT_COUNTS))
-        d["init_range"] = tuple(d.get("init_range", (0.3, 5.0)))
-        return cls(**d)
+    def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
+        """Rebuild a config from :meth:`to_dict` output (e.g. a checkpoint's), checking it.
+
+        Every key must be a field and every value of the field's type (ints are accepted for
+        floats; lists for tuples). Fields missing from ``d`` take their defaults (older
+        checkpoints), except those in :data:`REQUIRED_FIELDS`. Raises PopsynthError starting
+        with ``source`` and naming the field.
+        """
+        fix = "it was damaged or edited, or written by another version; start a new run"
+        if not isinstance(d, dict):
+            raise PopsynthError(f"{source} must be a dict of settings, got {type(d).__name__}", fix)
+        kinds = _field_kinds()
+        unknown = sorted(str(k) for k in d if k not in kinds)
+        if unknown:
+            raise PopsynthError(f"{source} has unknown field(s) {', '.join(unknown)}", fix)
+        missing = [k for k in REQUIRED_FIELDS if k not in d]
+        if missing:
+            raise PopsynthError(f"{source} lacks field(s) {', '.join(missing)}", fix)
+        out = {}
+        for k, v in d.items():
+            base, optional, elem = kinds[k]
+            if v is None and optional:
+                out[k] = None
+                continue
+            if base is tuple:
+                ok = isinstance(v, (list, tuple)) and all(_is_kind(x, elem) for x in v)
+                val = tuple(float(x) if elem is float else x for x in v) if ok else None
+            else:
+                ok = _is_kind(v, base)
+                val = float(v) if ok and base is float else v
+            if not ok:
+                want = f"a list of {elem.__name__}" if base is tuple else base.__name__
+                raise PopsynthError(f"{source}: field '{k}' must be {want}{' or null' if optional else ''}, "
+                                    f"got {type(v).__name__} {v!r}"[:300], fix)
+            out[k] = val
+        return cls(**out)
+
+
+REQUIRED_FIELDS = ("spec_set", "starts", "optimizer", "loss", "seed", "draws")
+MAX_STARTS = 10_000_000
+MAX_DRAWS = 10_000
+MAX_STEPS = 1_000_000
+
+
+def _is_kind(v, kind) -> bool:
+    if kind is bool:
+        return isinstance(v, bool)
+    if isinstance(v, bool):
+        return False
+    if kind is float:
+        return isinstance(v, (int, float))
+    return isinstance(v, kind)
+
+
+def _field_kinds() -> dict[str, tuple[type, bool, type | None]]:
+    """{field: (base type, None allowed, element type of tuples)} from RunConfig's annotations."""
+    names = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
+    kinds = {}
+    for f in dataclasses.fields(RunConfig):
+        parts = [x.strip() for x in str(f.type).split("|")]
+        optional = "None" in parts
+        base = names[[x for x in parts if x != "None"][0]]
+        elem = None
+        if base is tuple:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            elem = float if all(isinstance(x, float) for x in default) else str
+        kinds[f.name] = (base, optional, elem)
+    return kinds
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit in ("B", "kB") else f"{n:.1f} {unit}"
+        n /= 1000.0
+
+
+# Memory model, bytes, measured with ru_maxrss on the default grid (60 log N_H cells, 1201
+# rest-frame energies) on CPU: the set-up peaks at ~1 GB with 2 draws; each spectral draw adds
+# its [60 cells x 1201 energies] table and the temporaries of building it (3 copies, measured
+# 1.6 MB/draw) and, with counts / CT constraints (modes a19, joint), the band-flux integrals
+# of every survey (12 copies, measured 7.0 MB/draw); lm holds per start the residuals r [n]
+# and the forward-mode Jacobian J [n x 15] with its temporaries (measured 36 kB/start for
+# n = 89), adam/gd a few [15 + n] vectors; every start also gets output spectra on 241 energies.
+SETUP_BYTES = 1.0e9
+CUDA_CONTEXT_BYTES = 0.5e9
+
+
+def estimate_memory(cfg: RunConfig, device: torch.device | str = "cpu") -> dict:
+    """Rough peak memory of a run, bytes: {"host", "device", "draws", "starts", "setup"}.
+
+    ``draws`` and ``starts`` are the parts that scale with --draws and --starts; on CPU
+    ``device`` is 0 and everything counts as host memory. An estimate (within a factor ~1.5,
+    on the safe side), for refusing runs that cannot fit, not for planning to the byte.
+    """
+    from .spectra.model import default_energy_grid
+
+    device = torch.device(device)
+    cell_table = Grid().lognh.size * default_energy_grid().numel() * 8  # one draw's [nN, nE] float64
+    with_constraints = cfg.mode != "cxb"
+    draws_host = cfg.draws * cell_table * 3  # the table and the temporaries of building it (always on CPU)
+    draws_all = cfg.draws * cell_table * (12 if with_constraints else 3)
+    n_res = 90 + (60 if cfg.mode == "joint" else 0)  # CXB points + prior (+ counts and CT points)
+    vectors = 4 * (N_BLOCKS + n_res) + 4 * FINE_ENERGY.size
+    per_start = 8 * (vectors + (3 * N_BLOCKS * n_res if cfg.optimizer == "lm" else 0))
+    starts = cfg.starts * per_start + 200 * (cfg.steps or make_optimizer(cfg.optimizer, cfg.lr).default_steps)
+    if device.type == "cuda":
+        dev = CUDA_CONTEXT_BYTES + (draws_all - draws_host + cfg.draws * cell_table) + starts
+        return {"host": SETUP_BYTES + draws_host, "device": dev, "draws": draws_all, "starts": starts,
+                "setup": SETUP_BYTES}
+    return {"host": SETUP_BYTES + draws_all + starts, "device": 0.0, "draws": draws_all, "starts": starts,
+            "setup": SETUP_BYTES}
+
+
+def available_memory(device: torch.device | str = "cpu") -> tuple[float | None, str]:
+    """(bytes available, where that number comes from); (None, reason) when unknown.
+
+    CUDA: free memory of the device (torch.cuda.mem_get_info). Host: MemAvailable of
+    /proc/meminfo, lowered to the cgroup (container) limit minus its usage where one is set;
+    elsewhere os.sysconf's available physical pages.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return float(free), f"free on {device}"
+        except Exception:  # no driver / not initialisable: resolve_device reports that
+            return None, "unknown"
+    avail, source = None, "unknown"
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail, source = float(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+            source = "available physical pages (sysconf)"
+        except (ValueError, OSError, AttributeError):
+            return None, "unknown"
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = float(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            if float(limit) - used < avail:
+                avail, source = max(float(limit) - used, 0.0), "the container's memory limit (cgroup memory.max)"
+    except (OSError, ValueError):
+        pass
+    return avail, source
+
+
+def check_resources(cfg: RunConfig, device: torch.device | str = "cpu") -> dict:
+    """Refuse, before any set-up, a run whose memory estimate exceeds what is available, or
+    whose --starts / --draws exceed the sane bounds (MAX_STARTS, MAX_DRAWS). Returns the
+    estimate (see :func:`estimate_memory`). Where the available memory is unknown only the
+    bounds are checked."""
+    device = torch.device(device)
+    est = estimate_memory(cfg, device)
+    too_many = cfg.starts > MAX_STARTS or cfg.draws > MAX_DRAWS
+    for where, dev in [("host", torch.device("cpu"))] + ([("device", device)] if device.type == "cuda" else []):
+        avail, source = available_memory(dev)
+        need = est[where]
+        if not too_many and (avail is None or need <= avail):
+            continue
+        mem = "memory" if where == "host" else f"{device} memory"
+        parts = (f"(estimate: set-up {_fmt_bytes(est['setup'])}, spectral draws {_fmt_bytes(est['draws'])}, "
+                 f"state of the starts {_fmt_bytes(est['starts'])})")
+        have = f"{_fmt_bytes(avail)} is available ({source})" if avail is not None else "the available memory is unknown"
+        if too_many:
+            bound = (f"--starts {cfg.starts} is above the limit of {MAX_STARTS}" if cfg.starts > MAX_STARTS
+                     else f"--draws {cfg.draws} is above the limit of {MAX_DRAWS}")
+            raise PopsynthError(f"{bound} and the run would need about {_fmt_bytes(need)} of {mem} {parts}, "
+                                f"while {have}",
+                                "use fewer --starts or --draws (defaults 100 and 64; A19 used 100 starts)")
+        what = f"--starts {cfg.starts} and --draws {cfg.draws} need about {_fmt_bytes(need)} of {mem} {parts}"
+        fixed = estimate_memory(dataclasses.replace(cfg, starts=0, draws=0), device)[where]
+        per_start = estimate_memory(dataclasses.replace(cfg, starts=1, draws=0), device)[where] - fixed
+        per_draw = estimate_memory(dataclasses.replace(cfg, starts=0, draws=1), device)[where] - fixed
+        fit_starts = int((avail - fixed - cfg.draws * per_draw) // per_start) if per_start > 0 else 0
+        fit_draws = int((avail - fixed - cfg.starts * per_start) // per_draw) if per_draw > 0 else 0
+        hints = ([f"--starts {fit_starts} or fewer (with --draws {cfg.draws})"] if fit_starts >= 1 else []) + \
+                ([f"--draws {fit_draws} or fewer (with --starts {cfg.starts})"] if fit_draws >= 1 else [])
+        fix = ("use fewer starts or draws: " + " or ".join(hints) + " fit here") if hints else \
+            "use fewer --starts and --draws, or a machine with more memory"
+        raise PopsynthError(f"{what}, but only {have}", fix)
+    return est
 
 
 @dataclass
@@ -182,29 +408,122 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
     return Problem(grid, phi0, data, models[0], models[1], ct, cons, table.meta, time.time() - t0)
 
 
-def _check_finite(loss: torch.Tensor, step: int) -> None:
+def _check_finite(loss: torch.Tensor, step: int, saved_step: int | None) -> None:
+    """PopsynthError if any start's loss is not finite; the message says what is on disk."""
     bad = ~torch.isfinite(loss)
     if bad.any():
         idx = torch.nonzero(bad)[:, 0][:5].tolist()
+        if step == 0:
+            raise PopsynthError(f"non-finite loss at the starting weights of start(s) {idx}",
+                                "check --weight-prior, --sys-floor and the data tables; nothing was written")
+        where = (f"the last finite state (step {saved_step}) is in the checkpoint" if saved_step is not None
+                 else "no checkpoint was written")
         raise PopsynthError(f"non-finite loss at step {step} in start(s) {idx}",
-                            "lower --lr, or use --optimizer lm; the last finite state is in the checkpoint")
+                            f"lower --lr, or use --optimizer lm; {where}")
 
 
-def run(cfg: RunConfig, resume: str | None = None, log=print) -> dict:
-    """Fit (or resume) and write all outputs; returns the summary dict."""
+RESUME_SAFE = ("steps", "device", "progress")  # settings a resumed run may change
+
+
+def load_resume(path, overrides: dict | None = None) -> tuple[dict, RunConfig, Path]:
+    """Load a checkpoint for resuming and check everything in it against its own settings.
+
+    Args:
+      path: run folder or its checkpoint.pt.
+      overrides: {field: value} for fields in :data:`RESUME_SAFE` (steps, device, progress),
+        applied to the stored settings.
+    Returns (checkpoint dict, config, run folder). Raises PopsynthError naming the file and
+    the problem: unreadable or crafted file, missing keys, wrong types, unknown or invalid
+    settings, tensors of the wrong shape or dtype for the stored number of starts and
+    optimiser, non-finite or non-positive weights.
+    """
+    ckpt = load_checkpoint(path)
+    p = checkpoint_file(path)
+    src = f"checkpoint {p}"
+    cfg = RunConfig.from_dict(ckpt["config"], source=f"{src}: config")
+    cfg.out = str(p.parent)
+    try:
+        cfg.validate()
+    except PopsynthError as err:
+        raise PopsynthError(f"{src}: stored setting invalid ({err.what})",
+                            "it was damaged or edited; start a new run") from None
+    for k, v in (overrides or {}).items():
+        if k not in RESUME_SAFE:
+            raise PopsynthError(f"setting '{k}' cannot change on resume", f"only {', '.join(RESUME_SAFE)} can")
+        setattr(cfg, k, v)
+    cfg.validate()
+    opt = make_optimizer(cfg.optimizer, cfg.lr)
+    check_state(ckpt["opt_state"], opt.state_spec(cfg.starts, N_BLOCKS), f"{src}: opt_state")
+    check_state(ckpt["conv_state"], Convergence.state_spec(cfg.starts), f"{src}: conv_state")
+    check_state({"w0": ckpt["w0"]}, {"w0": ((cfg.starts, N_BLOCKS), DTYPE)}, src)
+    if not bool((ckpt["w0"] > 0).all()):
+        raise PopsynthError(f"{src}: w0 holds non-positive weights", "it was damaged or edited; start a new run")
+    return ckpt, cfg, p.parent
+
+
+def check_data(cfg: RunConfig) -> None:
+    """Read and check the data tables the run will use (CXB spectra; number counts and CT
+    fractions unless ``mode == "cxb"``): a missing, damaged or unknown table is reported in
+    seconds, before the set-up. Raises PopsynthError naming the file or table."""
+    load_cxb(cfg.datasets)
+    if cfg.mode != "cxb":
+        from .data.counts import list_counts, load_counts, load_ct_fractions
+
+        known = list_counts()
+        bad = [n for n in cfg.counts if n not in known]
+        if bad:
+            raise PopsynthError(f"unknown counts table(s) {bad}", f"choose from {known}, or pass --counts none")
+        for name in cfg.counts:
+            load_counts(name)
+        if cfg.use_ct:
+            load_ct_fractions()
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def run(cfg: RunConfig, resume: str | None = None, log=print, overrides: dict | None = None, warn=_warn) -> dict:
+    """Fit (or resume) and write all outputs; returns the summary dict.
+
+    Everything that can be checked without set-up is checked first (settings, device, output
+    folder, memory, and on resume the checkpoint); then the output folder is locked
+    (:class:`popsynth.io.RunLock`) for the rest of the run.
+
+    Args:
+      cfg: the settings of a new run (ignored on resume, except ``cfg.steps`` when
+        ``overrides`` is None, for backward compatibility).
+      resume: run folder or checkpoint.pt to continue; its stored settings are used.
+      overrides: on resume, {field: value} of :data:`RESUME_SAFE` fields to change.
+      log, warn: where progress lines and warnings go.
+    Raises PopsynthError for bad input, and :class:`popsynth.errors.RunInterrupted` (a
+    KeyboardInterrupt) on Ctrl-C, saying what is on disk.
+    """
     t_start = time.time()
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(resume)
-        steps_override = cfg.steps
-        cfg = RunConfig.from_dict(ckpt["config"])
-        if steps_override is not None:
-            cfg.steps = steps_override
-        cfg.out = str(Path(resume) if Path(resume).is_dir() else Path(resume).parent)
-    cfg.validate()
+        if overrides is None:
+            overrides = {"steps": cfg.steps} if cfg.steps is not None else {}
+        ckpt, cfg, _ = load_resume(resume, overrides)
+    else:
+        cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    check_output_folder(out)
+    check_resources(cfg, device)
+    check_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    resumed_step = int(ckpt["step"]) if ckpt is not None else None
+    progress = {"stage": "set-up", "saved": None, "finished": False}
+    try:
+        with RunLock(out, log=log):
+            return _run_locked(cfg, ckpt, device, out, t_start, log, warn, progress)
+    except KeyboardInterrupt:
+        raise RunInterrupted(str(out), progress["stage"], progress["saved"], resumed_step, progress["finished"]) from None
+
+
+def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Path, t_start: float, log, warn,
+                progress: dict) -> dict:
     opt = make_optimizer(cfg.optimizer, cfg.lr)
     steps = cfg.steps or opt.default_steps
     prob = build_problem(cfg, device, log)
@@ -231,7 +550,7 @@ def run(cfg: RunConfig, resume: str | None = None, log=print) -> dict:
         w0 = initial_weights(cfg.starts, N_BLOCKS, cfg.seed, *cfg.init_range, device=device)
         state = opt.init(w0)
         loss0 = (residual_fn(w0) ** 2).sum(-1)
-        _check_finite(loss0, 0)
+        _check_finite(loss0, 0, None)
         conv_state = conv.init(loss0)
         step0, history, wall_before = 0, [], 0.0
 
@@ -239,14 +558,16 @@ def run(cfg: RunConfig, resume: str | None = None, log=print) -> dict:
         save_checkpoint(out / "checkpoint.pt", {
             "config": cfg.to_dict(), "step": step, "opt_state": state, "conv_state": conv_state, "w0": w0,
             "history": history, "finished": finished, "wall_seconds": wall_before + time.time() - t_start})
+        progress["saved"], progress["finished"] = step, finished
 
+    progress["stage"] = "fit"
     bar = Progress(steps, f"fit set {cfg.spec_set}", enabled=cfg.progress)
     step = step0
     while step < steps and not bool(conv.stalled(conv_state).all()):
         new_state, loss = opt.step(state, residual_fn)
         if not torch.isfinite(loss).all():
             checkpoint(step, False)
-            _check_finite(loss, step + 1)
+            _check_finite(loss, step + 1, step)
         state = new_state
         step += 1
         conv_state = conv.update(conv_state, loss)
@@ -256,14 +577,35 @@ def run(cfg: RunConfig, resume: str | None = None, log=print) -> dict:
             checkpoint(step, False)
     bar.close()
     checkpoint(step, True)
-    summary = write_outputs(cfg, prob, opt.weights(state).detach(), step, steps, conv.stalled(conv_state),
-                            wall_before + time.time() - t_start, out)
+    progress["stage"] = "writing outputs"
+    w = opt.weights(state).detach()
+    warnings = _movement_warnings(residual_fn, w0, w, step, cfg, opt)
+    for msg in warnings:
+        warn(msg)
+    summary = write_outputs(cfg, prob, w, step, steps, conv.stalled(conv_state),
+                            wall_before + time.time() - t_start, out, warnings)
     log(format_table(summary))
     return summary
 
 
+def _movement_warnings(residual_fn, w0: torch.Tensor, w: torch.Tensor, step: int, cfg: RunConfig, opt) -> list[str]:
+    """A warning when no start lowered its loss by more than 0.1 % from its starting weights
+    (a learning rate far too small or too large for the problem), else []."""
+    with torch.no_grad():
+        l0 = (residual_fn(w0) ** 2).sum(-1)
+        l1 = (residual_fn(w) ** 2).sum(-1)
+    if step == 0 or bool((l1 < l0 * (1 - 1e-3)).any()):
+        return []
+    grew = bool((l1 > l0 * (1 + 1e-3)).any())
+    lo, hi = opt.lr_range
+    why = ("the loss grew: --lr is too large for this problem" if grew
+           else "the weights hardly moved: --lr is too small (or too large a damping) for this problem")
+    return [f"no start lowered its loss by more than 0.1 % in {step} steps of --optimizer {opt.name} with --lr {opt.lr:g} "
+            f"({why}); try --lr within {lo:g}-{hi:g} (default {opt.default_lr:g}) or --optimizer lm"]
+
+
 def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, steps: int, stalled: torch.Tensor,
-                  wall: float, out: Path) -> dict:
+                  wall: float, out: Path, warnings: list[str] | None = None) -> dict:
     """Evaluate all starts, pick the best, write the XLF, CXB table and summary.json."""
     data = prob.data
     pred = prob.model(w)
@@ -357,6 +699,7 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         "ct_fraction_z1.0": spread(ctf[1.0]),
         "wall_seconds": round(wall, 3),
         "setup_seconds": round(prob.setup_seconds, 3),
+        "warnings": list(warnings or []),
         "spectra": {"model": cfg.spectral_model, "torus_table": cfg.torus_table,
                     "components": [c["name"] for c in prob.spectra_meta.get("components", [])],
                     "n_draws": prob.spectra_meta.get("n_draws"), "cache_key": prob.spectra_meta.get("key")},

@@ -197,13 +197,31 @@ def test_cli_corrupt_checkpoint(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "not a popsynth checkpoint" in err[0]
 
 
-def test_cli_non_finite_fit_keeps_checkpoint(tmp_path, capsys):
+def test_cli_non_finite_fit_keeps_checkpoint(tmp_path, capsys, monkeypatch):
+    """A loss that turns non-finite mid-fit stops the run with one line naming --lr, and the
+    checkpoint keeps the last finite state. The divergence is simulated (one start's loss
+    becomes inf from the third step): --lr is now limited to each optimiser's working range,
+    where the default data never overflow."""
+    from popsynth.fit import GradientDescent
+
+    real_step, calls = GradientDescent.step, []
+
+    def diverging(self, state, residual_fn):
+        new, loss = real_step(self, state, residual_fn)
+        calls.append(1)
+        if len(calls) >= 3:
+            loss = loss.clone()
+            loss[1] = float("inf")
+        return new, loss
+
+    monkeypatch.setattr(GradientDescent, "step", diverging)
     out = tmp_path / "nan"
     rc, err = _cli(["--out", str(out), "--quiet", "--starts", "3", "--draws", "2", "--optimizer", "gd",
-                    "--lr", "1e300", "--steps", "50", "--loss", "a19", "--weight-prior", "0"], capsys)
-    assert rc == 2 and len(err) == 1 and "non-finite loss" in err[0] and "--lr" in err[0]
+                    "--steps", "50", "--loss", "a19", "--weight-prior", "0", "--mode", "cxb"], capsys)
+    assert rc == 2 and len(err) == 1 and "non-finite loss at step 3 in start(s) [1]" in err[0] and "--lr" in err[0]
+    assert "the last finite state (step 2) is in the checkpoint" in err[0]
     ck = load_checkpoint(out)
-    assert torch.isfinite(ck["opt_state"]["w"]).all()
+    assert ck["step"] == 2 and torch.isfinite(ck["opt_state"]["w"]).all()
 
 
 def test_cli_bad_numbers(capsys):
