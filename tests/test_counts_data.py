@@ -385,3 +385,18 @@ def test_bad_ct_fraction_raises(tmp_path):
     t.write(d / "ct_fractions.ecsv", format="ascii.ecsv", overwrite=True)
     with pytest.raises(PopsynthError, match="nh_threshold.*no unit"):
         load_ct_fractions(data_dir=tmp_path)
+
+
+def test_declared_row_count_is_checked(tmp_path):
+    """Where a counts table declares n_points (the shipped ones do not yet), a table cut at a
+    row boundary is an error naming the file and both numbers."""
+    path = _write_counts(tmp_path, n=5, meta={"n_points": 5})
+    assert len(load_counts("good", data_dir=tmp_path).flux) == 5
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-2]))
+    with pytest.raises(PopsynthError) as ei:
+        load_counts("good", data_dir=tmp_path)
+    assert str(ei.value).startswith(f"counts file {path}: the header declares n_points: 5 but the file has 3 rows "
+                                    "(truncated or rows deleted)")
+    _write_counts(tmp_path, n=5, meta={"n_points": 5.5})
+    with pytest.raises(PopsynthError, match="header field 'n_points' must be a count"):
+        load_counts("good", data_dir=tmp_path)

@@ -268,3 +268,41 @@ def test_error_bad_bin_edges(tmp_path):
     _write_good(tmp_path, e_lo=np.array([2.5, 6.0, 9.0]))
     with pytest.raises(PopsynthError, match="bin edges do not bracket the energy"):
         load_cxb_dataset("rxte", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ALL_SETS)
+def test_shipped_files_declare_their_counts(name):
+    """Every shipped table states n_points and n_used_in_fit, which the loader checks."""
+    t = _table(name)
+    assert t.meta["n_points"] == len(t) and t.meta["n_used_in_fit"] == int(np.sum(t["used_in_fit"]))
+
+
+def test_error_file_truncated_at_a_row_boundary(tmp_path):
+    """A file cut after a whole row still parses; the header's n_points reveals it."""
+    src = data_dir() / "cxb" / CXB_FILES["swift_bat"]
+    (tmp_path / "cxb").mkdir()
+    path = tmp_path / "cxb" / CXB_FILES["swift_bat"]
+    lines = src.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-2]))
+    with pytest.raises(PopsynthError) as ei:
+        load_cxb_dataset("swift_bat", data_dir=tmp_path)
+    msg = str(ei.value)
+    assert msg.startswith(f"CXB file {path}: the header declares n_points: 20 but the file has 18 rows "
+                          "(truncated or rows deleted)")
+    assert "restore the file" in msg and "make_cxb_tables.py" in msg
+
+
+def test_error_selected_points_differ_from_header(tmp_path):
+    path = _write_good(tmp_path)
+    t = Table.read(path, format="ascii.ecsv")
+    t.meta.update(n_points=3, n_used_in_fit=3)
+    t.write(path, format="ascii.ecsv", overwrite=True)
+    with pytest.raises(PopsynthError, match="declares n_used_in_fit: 3 but the file has 2 points with used_in_fit True"):
+        load_cxb_dataset("rxte", data_dir=tmp_path)
+    t.meta.update(n_points="three")
+    t.write(path, format="ascii.ecsv", overwrite=True)
+    with pytest.raises(PopsynthError, match="header field 'n_points' must be a count"):
+        load_cxb_dataset("rxte", data_dir=tmp_path)
+    t.meta.update(n_points=3, n_used_in_fit=2)
+    t.write(path, format="ascii.ecsv", overwrite=True)
+    assert len(load_cxb_dataset("rxte", data_dir=tmp_path).energy) == 2

@@ -104,3 +104,35 @@ def test_bad_optimizer_and_lr():
         make_optimizer("sgd9")
     with pytest.raises(PopsynthError, match="learning rate"):
         make_optimizer("gd", lr=-1)
+
+
+@pytest.mark.parametrize("name", ["lm", "adam", "gd"])
+def test_lr_range_per_optimizer(name):
+    from popsynth.fit import OPTIMIZERS
+
+    cls = OPTIMIZERS[name]
+    lo, hi = cls.lr_range
+    assert lo <= cls.default_lr <= hi
+    assert make_optimizer(name, lo).lr == lo and make_optimizer(name, hi).lr == hi
+    for bad in (hi * 10, lo / 10):
+        with pytest.raises(PopsynthError, match=f"outside the working range of --optimizer {name}"):
+            make_optimizer(name, bad)
+    for bad in (float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(PopsynthError, match="must be finite and > 0"):
+            make_optimizer(name, bad)
+    with pytest.raises(PopsynthError, match="must be a number"):
+        make_optimizer(name, "0.1")
+
+
+@pytest.mark.parametrize("name", ["lm", "adam", "gd"])
+def test_state_spec_matches_init(name):
+    from popsynth.fit import check_state
+
+    opt = make_optimizer(name)
+    state = opt.init(initial_weights(3, 15, 0))
+    spec = opt.state_spec(3, 15)
+    check_state(state, spec, "state")
+    check_state(Convergence().init(torch.ones(3, dtype=D)), Convergence.state_spec(3), "conv")
+    with pytest.raises(PopsynthError, match=r"state\['.+'\] has shape \[2"):
+        check_state({k: v[:2] if v.ndim else v for k, v in state.items()} if name != "adam" else
+                    {**state, "u": state["u"][:2]}, spec, "state")

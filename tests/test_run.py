@@ -126,8 +126,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert load_checkpoint(b)["step"] == 5
     resumed = run(RunConfig(steps=12), resume=str(b), **quiet)
     assert resumed["steps_done"] == 12
-    wa = torch.load(a / "checkpoint.pt", weights_only=False)["opt_state"]["u"]
-    wb = torch.load(b / "checkpoint.pt", weights_only=False)["opt_state"]["u"]
+    wa = torch.load(a / "checkpoint.pt", weights_only=True)["opt_state"]["u"]
+    wb = torch.load(b / "checkpoint.pt", weights_only=True)["opt_state"]["u"]
     torch.testing.assert_close(wa, wb, rtol=0, atol=0)
     assert full["chi2_total"] == pytest.approx(resumed["chi2_total"], rel=1e-12)
 
