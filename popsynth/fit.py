@@ -328,13 +328,19 @@ def check_state(state: dict, spec: dict, what: str) -> None:
         parts = ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"has unexpected {', '.join(extra)}"] if extra else [])
         raise PopsynthError(f"{what} {' and '.join(parts)} (expected {', '.join(sorted(spec))})", fix)
     for name, (shape, dtype) in spec.items():
-        t = state[name]
-        if not isinstance(t, torch.Tensor):
-            raise PopsynthError(f"{what}['{name}'] is a {type(t).__name__}, expected a tensor", fix)
-        if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-            raise PopsynthError(f"{what}['{name}'] has shape {list(t.shape)} and dtype {str(t.dtype).replace('torch.', '')}, "
-                                f"expected shape {list(shape)} and dtype {str(dtype).replace('torch.', '')}", fix)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise PopsynthError(f"{what}['{name}'] holds non-finite values", fix)
-        if not t.is_floating_point() and bool((t < 0).any()):
-            raise PopsynthError(f"{what}['{name}'] holds negative values", fix)
+        check_tensor(state[name], shape, dtype, f"{what}['{name}']")
+
+
+def check_tensor(t, shape: tuple, dtype: torch.dtype, what: str) -> None:
+    """One checkpointed tensor: type, shape, dtype, finite values (integers >= 0); raises
+    PopsynthError starting with ``what``."""
+    fix = "the checkpoint was damaged or edited, or written by another version; start a new run"
+    if not isinstance(t, torch.Tensor):
+        raise PopsynthError(f"{what} is a {type(t).__name__}, expected a tensor", fix)
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        raise PopsynthError(f"{what} has shape {list(t.shape)} and dtype {str(t.dtype).replace('torch.', '')}, "
+                            f"expected shape {list(shape)} and dtype {str(dtype).replace('torch.', '')}", fix)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise PopsynthError(f"{what} holds non-finite values", fix)
+    if not t.is_floating_point() and bool((t < 0).any()):
+        raise PopsynthError(f"{what} holds negative values", fix)

@@ -26,7 +26,7 @@ from .cxb import CXBModel, block_response, cxb_kernel
 from .data.cxb import TRAINING_SETS, load_cxb
 from .errors import PopsynthError, RunInterrupted
 from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, check_state, chi2_by_dataset,
-                  initial_weights, make_optimizer, prior_residuals, residuals)
+                  check_tensor, initial_weights, make_optimizer, prior_residuals, residuals)
 from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
 from .io import (RunLock, XLFCube, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint,
@@ -455,7 +455,7 @@ def load_resume(path, overrides: dict | None = None) -> tuple[dict, RunConfig, P
     opt = make_optimizer(cfg.optimizer, cfg.lr)
     check_state(ckpt["opt_state"], opt.state_spec(cfg.starts, N_BLOCKS), f"{src}: opt_state")
     check_state(ckpt["conv_state"], Convergence.state_spec(cfg.starts), f"{src}: conv_state")
-    check_state({"w0": ckpt["w0"]}, {"w0": ((cfg.starts, N_BLOCKS), DTYPE)}, src)
+    check_tensor(ckpt["w0"], (cfg.starts, N_BLOCKS), DTYPE, f"{src}: w0")
     if not bool((ckpt["w0"] > 0).all()):
         raise PopsynthError(f"{src}: w0 holds non-positive weights", "it was damaged or edited; start a new run")
     return ckpt, cfg, p.parent
