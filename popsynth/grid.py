@@ -61,6 +61,13 @@ def trapezoid_weights(x: np.ndarray) -> np.ndarray:
     return w
 
 
+def block_index_of(nh_class, lum_range):
+    """Block index k of N_H class c and luminosity range j: k = n_lum * c + j (the one place the layout is set).
+
+    Works on ints and on integer arrays/tensors alike."""
+    return (len(LOGL_BLOCK_EDGES) - 1) * nh_class + lum_range
+
+
 def block_names() -> list[str]:
     """Names of the 15 blocks in index order, e.g. ``'compton_thin:L43-44'``."""
     names = []
@@ -115,7 +122,7 @@ class Grid:
         c = np.clip(c, 0, len(NH_CLASS_EDGES) - 2)
         j = np.clip(j, 0, len(LOGL_BLOCK_EDGES) - 2)
         self.nh_class = torch.as_tensor(c, dtype=torch.long)
-        self.block_index = torch.as_tensor(5 * c[None, :] + j[:, None], dtype=torch.long)
+        self.block_index = torch.as_tensor(block_index_of(c[None, :], j[:, None]), dtype=torch.long)
 
     @property
     def shape(self) -> tuple[int, int, int]:
