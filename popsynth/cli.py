@@ -10,14 +10,15 @@ from .errors import PopsynthError
 
 EPILOG = """\
 examples:
-  python train.py --spec-set 5                       # A19's preferred spectra, 100 starts, CPU
-  python train.py --spec-set 1 --starts 1000 --out checkpoints/set1
-  python train.py --spec-set 5 --optimizer gd --loss a19 --lr 2e-3 --steps 20000   # as A19 did it
+  python train.py --spec-set 5                       # joint posterior (CXB + counts + CT fractions), CPU
+  python train.py --spec-set 5 --mode a19            # A19's procedure as written (gd, eq. B3, 100 starts, no prior)
+  python train.py --spec-set 1 --mode joint --starts 1000 --out checkpoints/set1
   python train.py --resume checkpoints/spec-set-5    # continue an interrupted run
   python train.py --spec-set 5 --device cuda         # on a GPU (needs a CUDA build of torch)
 
-outputs (in --out): checkpoint.pt, xlf_best.h5 (cube + axes + metadata), xlf_best_a19.npy
-(A19 array layout [119 z, 150 log L, 80 log N_H]), cxb_model.ecsv, summary.json.
+outputs (in --out): checkpoint.pt, xlf_best.h5 (cube + axes + metadata; with --mode posterior also
+percentile cubes phi_p16/p50/p84 and the posterior samples of the weights), xlf_best_a19.npy (A19 array
+layout [119 z, 150 log L, 80 log N_H]), cxb_model.ecsv, summary.json.
 """
 
 
@@ -75,10 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "a19-full-absorber = reflection also Compton-attenuated; transmitted = no reflection, no torus")
     p.add_argument("--torus-table", metavar="FITS",
                    help="XSPEC torus atable (torus1006.fits, UXCLUMPY, borus02) replacing the built-in Monte Carlo torus")
-    p.add_argument("--mode", metavar="{a19,joint,cxb}",
-                   help="a19 (default): fit the CXB, then select the converged start that best fits the number counts "
-                        "and observed CT fractions (A19 sec. 4); joint: one loss over CXB + counts + CT fractions; "
-                        "cxb: CXB only")
+    p.add_argument("--mode", metavar="{posterior,a19,joint,cxb}",
+                   help="posterior (default): the joint likelihood of CXB + counts + CT fractions, its mode by the "
+                        "batched optimiser, then NUTS chains (medians and 16-84 %% intervals of everything); "
+                        "a19: A19's procedure as written (plain gradient descent on w, eq. B3 cost, U(0.3, 5) starts, "
+                        "no prior; these are its defaults), then the converged start that best fits the counts and "
+                        "CT fractions; joint: one chi2 loss over everything, best start; cxb: CXB only")
+    p.add_argument("--chains", type=int, help="posterior: NUTS chains, 2-64 (default 4)")
+    p.add_argument("--warmup", type=int, help="posterior: warm-up iterations per chain, for the pilot and the main run "
+                                              "(default 200)")
+    p.add_argument("--samples", type=int, help="posterior: kept iterations per chain (default 800)")
+    p.add_argument("--smooth-prior", type=float,
+                   help="posterior: width in dex of a prior tying adjacent luminosity blocks of one N_H class "
+                        "(default 0 = off)")
+    p.add_argument("--select-chi2-max", type=float,
+                   help="a19: select only among converged starts whose CXB chi2 is at most this (constrained selection)")
     p.add_argument("--counts", metavar="NAMES",
                    help="comma-separated number-count tables of data/counts (default: BAT 105-month differential, "
                         "Lehmer+12 CDF-S 0.5-2 and 2-8 keV, Cappelluti+09 XMM-COSMOS 2-10 keV) or 'none'")
@@ -100,8 +112,13 @@ FLAGS = {
     "spectral_model": ("--spectral-model", "spectral_model"), "torus_table": ("--torus-table", "torus_table"),
     "mode": ("--mode", "mode"), "counts": ("--counts", "counts"), "no_ct": ("--no-ct", "use_ct"),
     "counts_weight": ("--counts-weight", "counts_weight"), "ct_weight": ("--ct-weight", "ct_weight"),
-    "quiet": ("--quiet", "progress"),
+    "quiet": ("--quiet", "progress"), "chains": ("--chains", "chains"), "warmup": ("--warmup", "warmup"),
+    "samples": ("--samples", "samples"), "smooth_prior": ("--smooth-prior", "smooth_prior"),
+    "select_chi2_max": ("--select-chi2-max", "select_chi2_max"),
 }
+
+#: A19's procedure as written (section 5.1, Appendix B): the defaults of --mode a19.
+A19_PROCEDURE = {"optimizer": "gd", "loss": "a19", "weight_prior": 0.0}
 
 
 def _to_config(dest: str, value):
@@ -129,6 +146,9 @@ def _new_config(given: dict):
 
     fields = {FLAGS[d][1]: _to_config(d, v) for d, v in given.items()}
     fields.setdefault("out", f"checkpoints/spec-set-{fields.get('spec_set', RunConfig.spec_set)}")
+    if fields.get("mode") == "a19":
+        for k, v in A19_PROCEDURE.items():
+            fields.setdefault(k, v)
     return RunConfig(**fields)
 
 

@@ -404,16 +404,30 @@ class XLFCube:
         return self.phi(zg, lg, ng)
 
 
-def load_xlf(path) -> XLFCube:
-    """Load an XLF cube written by :func:`export_xlf_hdf5`; PopsynthError for bad files."""
+XLF_CUBES = {"best": "phi", "p16": "phi_p16", "p50": "phi_p50", "p84": "phi_p84"}
+"""Cubes an xlf_best.h5 may hold: the best cube (every run) and, from a posterior run, the 16th,
+50th and 84th percentile cubes over the posterior samples."""
+
+
+def load_xlf(path, which: str = "best") -> XLFCube:
+    """Load an XLF cube written by :func:`export_xlf_hdf5`; PopsynthError for bad files.
+
+    which: "best" (the cube ``phi``: best start, or the posterior mode) or "p16" / "p50" / "p84"
+    (percentile cubes, written by ``--mode posterior`` runs)."""
     import h5py
 
+    if which not in XLF_CUBES:
+        raise PopsynthError(f"unknown cube {which!r}", f"use which = one of {', '.join(XLF_CUBES)}")
     p = Path(path)
     if not p.exists():
         raise PopsynthError(f"XLF file {p} not found", "pass the xlf_best.h5 written by train.py")
     try:
         with h5py.File(p, "r") as f:
-            arrs = {k: f[k][()] for k in ("phi", "z", "logl", "logl_edges", "lognh", "lognh_edges")}
+            if XLF_CUBES[which] not in f:
+                raise PopsynthError(f"{p} has no {which} cube ({XLF_CUBES[which]})",
+                                    "percentile cubes come from runs with --mode posterior; use which='best'")
+            arrs = {k: f[k][()] for k in ("z", "logl", "logl_edges", "lognh", "lognh_edges")}
+            arrs["phi"] = f[XLF_CUBES[which]][()]
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except (OSError, KeyError) as exc:
         raise PopsynthError(f"{p} is not a popsynth XLF file ({exc})", "re-export it with train.py") from None
@@ -430,3 +444,15 @@ def write_cxb_table(path: Path, columns: dict[str, np.ndarray], meta: dict) -> N
         t[name].unit = "keV" if name == "energy" else "keV2 / (cm2 s keV sr)"
     t.meta.update(meta)
     atomic_write(path, lambda tmp: t.write(tmp, format="ascii.ecsv", overwrite=True))
+
+
+def write_a19_layout(path: Path, cube: np.ndarray, grid: Grid) -> None:
+    """Write a cube phi[z, log L, log N_H] (Mpc^-3 dex^-2) resampled on A19's published array nodes
+    [119 z, 150 log L, 80 log N_H] as a .npy file (atomically)."""
+    xc = XLFCube(cube, grid.z, grid.logl, grid.logl_edges, grid.lognh, grid.lognh_edges, {})
+    a19 = xc.a19_layout()
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, a19)
+    atomic_write(path, write)

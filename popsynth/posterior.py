@@ -193,11 +193,19 @@ def _sample(lik, prior, w_mode, cfg, progress) -> PosteriorSamples:
     dev, P = w_mode.device, w_mode.numel()
     t0 = time.time()
     v_mode = _softplus_inv(w_mode.clamp_min(1e-12))
-    hess = torch.func.hessian(lambda v: _nlp_v(lik, prior, v[None])[0])(v_mode)
+    # Laplace approximation: Gauss-Newton curvature J^T J of the residuals in u = ln w (positive
+    # semi-definite, unlike the exact Hessian away from the exact mode), carried to v by du/dv.
+    def res(u):
+        w = torch.exp(u)[None]
+        return torch.cat([lik.residuals(w), prior.residuals(w)], dim=-1)[0]
+
+    jac = torch.func.jacfwd(res)(torch.log(w_mode))
+    dudv = torch.sigmoid(v_mode) / torch.nn.functional.softplus(v_mode)
+    hess = dudv[:, None] * (jac.T @ jac) * dudv[None, :]
     if not bool(torch.isfinite(hess).all()):
         raise PopsynthError("the posterior's curvature at the mode is not finite", "check the data and the prior")
     ev, vec = torch.linalg.eigh(0.5 * (hess + hess.T))
-    ev = ev.clamp_min(float(ev.abs().max()) * 1e-10)
+    ev = ev.clamp_min(float(ev.max()) * 1e-8)
     chol = _whitening((vec / ev) @ vec.T)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     z0 = (cfg.init_jitter * torch.randn(cfg.chains, P, dtype=DTYPE, generator=gen)).to(dev)

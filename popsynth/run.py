@@ -29,7 +29,7 @@ from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, ch
                   check_tensor, initial_weights, make_optimizer, prior_residuals, residuals)
 from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
-from .io import (RunLock, XLFCube, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint,
+from .io import (RunLock, write_a19_layout, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint,
                  save_checkpoint, write_cxb_table, write_json)
 from .progress import Progress
 from .spectra.model import SPECTRAL_MODELS, build_spectral_table, make_components
@@ -37,7 +37,7 @@ from .spectra.sets import get_spectral_set
 from .xlf import ABSORPTION_MODELS, apply_block_weights, build_phi0
 
 
-MODES = ("a19", "joint", "cxb")
+MODES = ("posterior", "a19", "joint", "cxb")
 
 
 @dataclass
@@ -61,7 +61,12 @@ class RunConfig:
     absorption: str = "a19"
     spectral_model: str = "a19"
     torus_table: str | None = None
-    mode: str = "a19"  # a19: CXB fit, then select by counts + CT; joint: one loss; cxb: CXB only
+    mode: str = "posterior"  # posterior: joint likelihood, mode + NUTS; a19: A19's procedure; joint: one loss; cxb
+    chains: int = 4  # posterior: NUTS chains (one batch)
+    warmup: int = 200  # posterior: warm-up iterations per chain (pilot and main run each)
+    samples: int = 800  # posterior: kept iterations per chain
+    smooth_prior: float = 0.0  # posterior: dex; ties adjacent luminosity blocks (0 = off)
+    select_chi2_max: float | None = None  # a19: only starts with CXB chi2 below this are selectable
     counts: tuple = DEFAULT_COUNTS
     use_ct: bool = True
     counts_weight: float = 1.0
@@ -140,6 +145,19 @@ class RunConfig:
                                 "drop --counts none / --no-ct, or use --mode cxb")
         if self.draws < 1:
             raise PopsynthError(f"--draws must be >= 1, got {self.draws}", "pass a positive number of draws")
+        for name, flag, lo, hi in (("chains", "--chains", 2, 64), ("warmup", "--warmup", 10, 100000),
+                                   ("samples", "--samples", 10, 1000000)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not (lo <= v <= hi):
+                raise PopsynthError(f"{flag} must be an integer in {lo}..{hi}, got {v!r}",
+                                    f"pass e.g. {flag} {getattr(RunConfig, name)}")
+        v = self.smooth_prior
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+            raise PopsynthError(f"--smooth-prior must be a finite width in dex >= 0, got {v!r}",
+                                "pass e.g. --smooth-prior 0.5, or 0 for none")
+        v = self.select_chi2_max
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):
+            raise PopsynthError(f"--select-chi2-max must be a finite chi2 > 0, got {v!r}", "pass e.g. --select-chi2-max 74")
         if self.checkpoint_every < 1 or self.patience < 1 or not (0 <= self.rtol < 1):
             raise PopsynthError(f"bad internal settings checkpoint_every={self.checkpoint_every}, patience={self.patience}, "
                                 f"rtol={self.rtol}", "use checkpoint_every >= 1, patience >= 1, 0 <= rtol < 1")
@@ -254,7 +272,7 @@ def estimate_memory(cfg: RunConfig, device: torch.device | str = "cpu") -> dict:
     with_constraints = cfg.mode != "cxb"
     draws_host = cfg.draws * cell_table * 3  # the table and the temporaries of building it (always on CPU)
     draws_all = cfg.draws * cell_table * (12 if with_constraints else 3)
-    n_res = 90 + (60 if cfg.mode == "joint" else 0)  # CXB points + prior (+ counts and CT points)
+    n_res = 90 + (60 if cfg.mode in ("joint", "posterior") else 0)  # CXB points + prior (+ counts and CT points)
     vectors = 4 * (N_BLOCKS + n_res) + 4 * FINE_ENERGY.size
     per_start = 8 * (vectors + (3 * N_BLOCKS * n_res if cfg.optimizer == "lm" else 0))
     starts = cfg.starts * per_start + 200 * (cfg.steps or make_optimizer(cfg.optimizer, cfg.lr).default_steps)
@@ -537,6 +555,12 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
             parts.append(prob.constraints.residuals(w))
         return torch.cat(parts, dim=-1)
 
+    if cfg.mode == "posterior":  # the optimiser finds the posterior mode of the joint likelihood
+        from .posterior_run import build_inference, residual_fn_for
+
+        lik, prior = build_inference(cfg, prob, device)
+        residual_fn = residual_fn_for(lik, prior)  # noqa: F811
+
     conv = Convergence(cfg.rtol, cfg.patience)
     if ckpt is not None:
         state = {k: v.to(device) for k, v in ckpt["opt_state"].items()}
@@ -577,11 +601,18 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
             checkpoint(step, False)
     bar.close()
     checkpoint(step, True)
-    progress["stage"] = "writing outputs"
     w = opt.weights(state).detach()
     warnings = _movement_warnings(residual_fn, w0, w, step, cfg, opt)
     for msg in warnings:
         warn(msg)
+    if cfg.mode == "posterior":
+        from .posterior_run import format_posterior_table, posterior_stage
+
+        progress["stage"] = "posterior sampling"
+        summary = posterior_stage(cfg, prob, lik, prior, w, step, out, wall_before + time.time() - t_start, log)
+        log(format_posterior_table(summary))
+        return summary
+    progress["stage"] = "writing outputs"
     summary = write_outputs(cfg, prob, w, step, steps, conv.stalled(conv_state),
                             wall_before + time.time() - t_start, out, warnings)
     log(format_table(summary))
@@ -614,11 +645,19 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
     chi2_tot = chi2.sum(-1)
     converged = cost <= A19_CONVERGED_COST
     pool = converged if bool(converged.any()) else torch.ones_like(converged)
+    if cfg.mode == "a19" and cfg.select_chi2_max is not None:  # the constrained selection
+        capped = pool & (chi2_tot <= cfg.select_chi2_max)
+        if not bool(capped.any()):
+            raise PopsynthError(f"no converged start has a CXB chi2 <= {cfg.select_chi2_max:g} (lowest "
+                                f"{float(chi2_tot.min()):.1f})", "raise --select-chi2-max or drop it")
+        pool = capped
     cons = prob.constraints
     cons_chi2 = cons.chi2(w) if cons is not None else {}
     cons_tot = cons.total(w) if cons is not None else torch.zeros_like(chi2_tot)
     if cfg.mode == "a19":  # A19 sec. 4: the converged start that best fits counts and CT fractions
         select_stat, select_rule = cons_tot, "lowest counts + CT-fraction chi2 among CXB-converged starts"
+        if cfg.select_chi2_max is not None:
+            select_rule += f" with CXB chi2 <= {cfg.select_chi2_max:g}"
     elif cfg.mode == "joint":
         select_stat = chi2_tot + cons_tot
         select_rule = "lowest CXB + counts + CT-fraction chi2 among CXB-converged starts"
@@ -651,11 +690,7 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
     export_xlf_hdf5(out / "xlf_best.h5", cube, grid, attrs,
                     extra={"weights_all_starts": w.cpu().numpy(), "converged": converged.cpu().numpy(),
                            "a19_cost_all_starts": cost.cpu().numpy(), "chi2_all_starts": chi2_tot.cpu().numpy()})
-    xc = XLFCube(cube, grid.z, grid.logl, grid.logl_edges, grid.lognh, grid.lognh_edges, attrs)
-    a19 = xc.a19_layout()
-    from .io import atomic_write
-
-    atomic_write(out / "xlf_best_a19.npy", lambda tmp: np.save(open(tmp, "wb"), a19))
+    write_a19_layout(out / "xlf_best_a19.npy", cube, grid)
     fine = prob.fine
     cols = {"energy": fine.energy.cpu().numpy(), "total": fine(wb)[0].cpu().numpy()}
     by = fine.by_class(wb)[0]

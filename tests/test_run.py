@@ -18,7 +18,7 @@ from popsynth.paths import data_dir
 from popsynth.run import RunConfig, run
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = dict(starts=6, draws=4, progress=False)
+SMALL = dict(starts=6, draws=4, progress=False, mode="a19")
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def test_joint_mode_fits_the_constraints_better(tmp_path, small_run):
     """One loss over CXB + counts + CT fractions: the constraints' chi^2 drops against the
     CXB-only training of the A19 mode (same starts and seed)."""
     _, s_a19 = small_run
-    s = run(RunConfig(out=str(tmp_path), steps=40, mode="joint", **SMALL), log=lambda *a: None)
+    s = run(RunConfig(out=str(tmp_path), steps=40, **{**SMALL, "mode": "joint"}), log=lambda *a: None)
     assert s["mode"] == "joint"
     assert s["chi2_constraints_total"] < 0.5 * s_a19["chi2_constraints_total"]
 
 
 def test_cxb_mode_has_no_constraints(tmp_path):
-    s = run(RunConfig(out=str(tmp_path), steps=5, mode="cxb", **SMALL), log=lambda *a: None)
+    s = run(RunConfig(out=str(tmp_path), steps=5, **{**SMALL, "mode": "cxb"}), log=lambda *a: None)
     assert "chi2_constraints" not in s and s["selection"].startswith("lowest CXB")
 
 
@@ -233,7 +233,7 @@ def test_cli_bad_numbers(capsys):
 
 def test_cli_bad_mode_and_counts(tmp_path, capsys):
     rc, err = _cli(["--mode", "best"], capsys)
-    assert rc == 2 and len(err) == 1 and "unknown mode 'best'" in err[0] and "--mode a19" in err[0]
+    assert rc == 2 and len(err) == 1 and "unknown mode 'best'" in err[0] and "--mode posterior or a19 or joint or cxb" in err[0]
     rc, err = _cli(["--counts", "chandra_deep", "--quiet", "--starts", "2", "--draws", "2", "--steps", "1",
                     "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and len(err) == 1 and "unknown counts table" in err[0] and "bat105" in err[0]
@@ -244,3 +244,45 @@ def test_train_py_help():
     assert r.returncode == 0
     for flag in ("--spec-set", "--starts", "--steps", "--lr", "--optimizer", "--loss", "--seed", "--device", "--out", "--resume"):
         assert flag in r.stdout
+
+
+def test_posterior_mode_end_to_end(tmp_path):
+    """--mode posterior (the default): mode by LM, NUTS chains, outputs with intervals and percentile cubes."""
+    from popsynth.io import load_xlf
+
+    cfg = RunConfig(out=str(tmp_path), starts=4, draws=4, steps=30, chains=2, warmup=30, samples=40, progress=False)
+    assert cfg.mode == "posterior"
+    s = run(cfg, log=lambda *a: None)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["mode"] == "posterior" and on_disk["sampler"]["chains"] == 2
+    assert on_disk["sampler"]["samples_per_chain"] == 40 and len(on_disk["sampler"]["r_hat"]) == 15
+    for name, q in on_disk["block_weights"].items():
+        assert 0 < q["p16"] <= q["median"] <= q["p84"], name
+    for z in ("0.1", "1.0"):
+        c = on_disk[f"ct_fraction_z{z}"]
+        assert 0 < c["p16"] < c["median"] < c["p84"] < 1  # a non-zero interval
+    names = {"chandra_cosmos", "rxte", "swift_bat", "bat105_agn_differential_14_195keV"}
+    assert names <= set(on_disk["neg2_loglike_at_median"]) and names <= set(on_disk["neg2_loglike_at_best_sample"])
+    assert on_disk["cxb_chi2_at_median"] == pytest.approx(sum(on_disk["neg2_loglike_at_median"][n] for n in
+                                                              ("chandra_cosmos", "rxte", "swift_bat")))
+    assert len(on_disk["ct_fractions_observed_vs_model"]) == 4
+    lo, mid, hi = (load_xlf(tmp_path / "xlf_best.h5", q).cube for q in ("p16", "p50", "p84"))
+    assert np.all(lo <= mid + 1e-300) and np.all(mid <= hi + 1e-300) and np.any(hi > lo)
+    from astropy.table import Table
+
+    t = Table.read(tmp_path / "cxb_model.ecsv")
+    assert np.all(t["total_p16"] <= t["total_p50"]) and np.all(t["total_p50"] <= t["total_p84"])
+    with pytest.raises(PopsynthError, match="unknown cube"):
+        load_xlf(tmp_path / "xlf_best.h5", "p99")
+    assert s["sampler"]["r_hat_max"] > 0
+
+
+def test_a19_procedure_defaults_at_the_cli():
+    """--mode a19 means A19's procedure as written: gd on w, eq. B3 cost, no prior (unless overridden)."""
+    from popsynth.cli import _given, _new_config, build_parser
+
+    cfg = _new_config(_given(build_parser().parse_args(["--mode", "a19"])))
+    assert (cfg.optimizer, cfg.loss, cfg.weight_prior, cfg.starts, cfg.init_range) == ("gd", "a19", 0.0, 100, (0.3, 5.0))
+    cfg = _new_config(_given(build_parser().parse_args(["--mode", "a19", "--optimizer", "lm"])))
+    assert cfg.optimizer == "lm"
+    assert _new_config({}).mode == "posterior"

@@ -1,0 +1,171 @@
+"""The posterior stage of a run (``--mode posterior``): likelihood, sampling and the outputs with intervals.
+
+:func:`build_inference` makes the joint likelihood and the prior of a run; after the batched
+optimiser has found the posterior mode (the fit loop of :mod:`popsynth.run`, with
+:func:`residual_fn` as its residuals), :func:`posterior_stage` samples the posterior and writes:
+
+* ``xlf_best.h5``: ``phi`` at the posterior mode, ``phi_p16``, ``phi_p50``, ``phi_p84`` (each cell
+  depends on one block weight, so the percentile cube is phi0 times the weight's percentile),
+  ``posterior_weights`` [chains, samples, 15];
+* ``cxb_model.ecsv``: the CXB at the mode with its N_H classes and galaxies, and the posterior
+  median and 16-84 % band of the total;
+* ``summary.json``: medians and 16-84 % intervals of every block weight, the intrinsic CT fraction
+  to z = 0.1 and 1.0, the observed CT fraction of each survey; -2 ln L of each data set at the
+  posterior median weights and at the best sample; sampler diagnostics (R-hat, ESS, divergences).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .cxb import class_of_block
+from .grid import NH_CLASS_NAMES, block_names
+from .io import export_xlf_hdf5, write_a19_layout, write_cxb_table, write_json
+from .likelihood import Likelihood, LogWeightPrior, build_likelihood, smoothness_pairs
+from .posterior import SamplerConfig, interval, neg_log_posterior, quantiles, sample_posterior
+from .xlf import apply_block_weights
+
+CT_CLASS = len(NH_CLASS_NAMES) - 1  # the Compton-thick N_H class (log N_H 24-26)
+
+
+def build_inference(cfg, prob, device=None) -> tuple[Likelihood, LogWeightPrior]:
+    """The run's likelihood (CXB + counts + CT fractions) and prior, from its config and problem."""
+    lik = build_likelihood(prob.model, prob.data, prob.constraints, sys_floor=cfg.sys_floor, device=device)
+    prior = LogWeightPrior(cfg.weight_prior, getattr(cfg, "smooth_prior", 0.0), smoothness_pairs())
+    return lik, prior
+
+
+def residual_fn_for(lik: Likelihood, prior: LogWeightPrior):
+    """Residuals [B, n] whose squares sum to -2 ln p(w | data) + const (for the batched optimiser)."""
+    return lambda w: torch.cat([lik.residuals(w), prior.residuals(w)], dim=-1)
+
+
+def intrinsic_ct_fraction(w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """N(log N_H >= 24) / N(all) per row of w [B, 15], with ``counts`` [15] AGN per block at unit weight."""
+    n = w * counts
+    ct = (class_of_block().to(w.device) == CT_CLASS)
+    return n[:, ct].sum(-1) / n.sum(-1)
+
+
+def posterior_stage(cfg, prob, lik: Likelihood, prior: LogWeightPrior, w_starts: torch.Tensor, step: int, out: Path,
+                    wall_fit: float, log=print) -> dict:
+    """Sample the posterior from the best optimised start, write the outputs, return the summary."""
+    nlp = neg_log_posterior(lik, prior, w_starts)
+    best = int(torch.argmin(torch.nan_to_num(nlp, nan=math.inf)))
+    w_mode = w_starts[best]
+    scfg = SamplerConfig(chains=cfg.chains, warmup=cfg.warmup, samples=cfg.samples, seed=cfg.seed)
+    log(f"sampling the posterior: NUTS, {scfg.chains} chains, {scfg.warmup} warm-up (twice: pilot and main) + "
+        f"{scfg.samples} kept iterations each")
+    post = sample_posterior(lik, prior, w_mode, scfg, progress=cfg.progress)
+    diag = post.diagnostics()
+    log(f"sampled in {post.seconds:.1f} s: R-hat max {diag['r_hat_max']:.4f}, ESS min {diag['ess_min']:.0f}, "
+        f"{post.divergences} divergences")
+    return write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out, wall_fit)
+
+
+def _chi2_table(lik: Likelihood, w: torch.Tensor) -> dict:
+    return {n: float(v[0]) for n, v in lik.by_term(w).items()}
+
+
+def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path, wall_fit: float) -> dict:
+    out = Path(out)
+    ws = post.weights  # [N, 15]
+    q = quantiles(ws)  # [3, 15]
+    w_med = q[1][None]
+    lp = neg_log_posterior(lik, prior, ws)
+    i_best = int(torch.argmin(lp))
+    w_best = ws[i_best:i_best + 1]
+    names = block_names()
+    weights = {n: {"median": float(q[1, k]), "p16": float(q[0, k]), "p84": float(q[2, k]), "mode": float(w_mode[k])}
+               for k, n in enumerate(names)}
+    ct_intr = {f"ct_fraction_z{z:.1f}": {**interval(intrinsic_ct_fraction(ws, c)),
+                                          "mode": float(intrinsic_ct_fraction(w_mode[None], c)[0])}
+               for z, c in prob.ct_blocks.items()}
+    observed = []
+    for t in lik.terms:
+        if t.kind == "ct_fraction":
+            observed.append({"survey": t.label, "observed": t.value, "err_lo": t.err_lo, "err_hi": t.err_hi,
+                             **{f"model_{k}": v for k, v in interval(t.predict(ws)).items()}})
+    chi_med, chi_best = _chi2_table(lik, w_med), _chi2_table(lik, w_best)
+    npts = {t.name: t.n_points for t in lik.terms}
+    cxb_names = [t.name for t in lik.group("cxb")]
+
+    def group_sum(d, cxb):
+        return float(sum(v for k, v in d.items() if (k in cxb_names) == cxb))
+
+    grid = prob.grid
+    cube_mode = apply_block_weights(prob.phi0, w_mode[None], grid)[0].cpu().numpy()
+    cubes = {f"phi_p{int(round(100 * p))}": apply_block_weights(prob.phi0, q[i][None], grid)[0].cpu().numpy()
+             for i, p in enumerate((0.16, 0.5, 0.84))}
+    fit_stats = {
+        "neg2_loglike_at_median": chi_med, "neg2_loglike_at_best_sample": chi_best, "n_points": npts,
+        "cxb_chi2_at_median": group_sum(chi_med, True), "cxb_points": lik.n_points("cxb"),
+        "constraints_chi2_at_median": group_sum(chi_med, False), "constraints_points": lik.n_points("constraints"),
+        "cxb_chi2_at_best_sample": group_sum(chi_best, True),
+        "constraints_chi2_at_best_sample": group_sum(chi_best, False),
+    }
+    attrs = {"spec_set": cfg.spec_set, "mode": "posterior", "weights": w_mode.tolist(), "block_names": names,
+             "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "config": cfg.to_dict(),
+             "phi": "cube at the posterior mode; phi_p16/p50/p84: percentile cubes over the posterior samples",
+             "fit_statistics": fit_stats, "absorption_function": cfg.absorption,
+             "xlf_start": "Ueda et al. 2014 LDDE x absorption function", "prior": prior.describe()}
+    export_xlf_hdf5(out / "xlf_best.h5", cube_mode, grid, attrs,
+                    extra={**cubes, "posterior_weights": post.u.exp().cpu().numpy()})
+    write_a19_layout(out / "xlf_best_a19.npy", cube_mode, grid)
+    fine = prob.fine
+    cols = {"energy": fine.energy.cpu().numpy(), "total": fine(w_mode[None])[0].cpu().numpy()}
+    by = fine.by_class(w_mode[None])[0]
+    for c, cname in enumerate(NH_CLASS_NAMES):
+        cols[f"agn_{cname}"] = by[c].cpu().numpy()
+    cols["galaxies"] = fine.extra.cpu().numpy()
+    band = quantiles(fine(ws)).cpu().numpy()
+    cols["total_p16"], cols["total_p50"], cols["total_p84"] = band
+    write_cxb_table(out / "cxb_model.ecsv", cols, {
+        "quantity": "E^2 dN/dE of the model CXB; total and classes at the posterior mode, total_p16/p50/p84 over "
+                    "the posterior samples", "spec_set": cfg.spec_set, "galaxies": cfg.galaxies,
+        "popsynth_version": __version__})
+    summary = {
+        "popsynth_version": __version__, "spec_set": cfg.spec_set, "mode": "posterior",
+        "likelihood": lik.describe(), "prior": prior.describe(),
+        "sampler": post.diagnostics(), "optimiser_steps": step, "n_starts": cfg.starts,
+        "block_weights": weights, **ct_intr, "ct_fractions_observed_vs_model": observed, **fit_stats,
+        "wall_seconds": round(wall_fit + post.seconds, 3), "setup_seconds": round(prob.setup_seconds, 3),
+        "spectra": {"model": cfg.spectral_model, "torus_table": cfg.torus_table,
+                    "n_draws": prob.spectra_meta.get("n_draws"), "cache_key": prob.spectra_meta.get("key")},
+        "files": {k: str(out / v) for k, v in (("checkpoint", "checkpoint.pt"), ("xlf_hdf5", "xlf_best.h5"),
+                                                ("xlf_a19_npy", "xlf_best_a19.npy"), ("cxb_table", "cxb_model.ecsv"),
+                                                ("summary", "summary.json"))},
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_posterior_table(s: dict) -> str:
+    """Printed summary of a posterior run: -2 ln L per data set, CT fractions with intervals, diagnostics."""
+    d = s["sampler"]
+    lines = [f"Posterior, spectral set {s['spec_set']}: {d['chains']} chains x {d['samples_per_chain']} samples, "
+             f"R-hat max {d['r_hat_max']:.4f}, ESS min {d['ess_min']:.0f}, {d['divergences']} divergences",
+             f"prior: {s['prior']}",
+             f"{'data set':<46}{'points':>7}{'-2lnL med':>11}{'best':>9}"]
+    for name, v in s["neg2_loglike_at_median"].items():
+        lines.append(f"{name:<46}{s['n_points'][name]:>7}{v:>11.2f}{s['neg2_loglike_at_best_sample'][name]:>9.2f}")
+    lines.append(f"{'CXB total':<46}{s['cxb_points']:>7}{s['cxb_chi2_at_median']:>11.2f}{s['cxb_chi2_at_best_sample']:>9.2f}")
+    lines.append(f"{'counts + CT total':<46}{s['constraints_points']:>7}{s['constraints_chi2_at_median']:>11.2f}"
+                 f"{s['constraints_chi2_at_best_sample']:>9.2f}")
+    lines.append(f"{'Observed CT fraction':<34}{'observed %':>18}{'model % (16-84)':>22}")
+    for c in s["ct_fractions_observed_vs_model"]:
+        obs = f"{100 * c['observed']:.1f} +{100 * c['err_hi']:.1f}/-{100 * c['err_lo']:.1f}"
+        mod = f"{100 * c['model_median']:.1f} ({100 * c['model_p16']:.1f}-{100 * c['model_p84']:.1f})"
+        lines.append(f"{c['survey']:<34}{obs:>18}{mod:>22}")
+    ref = {"0.1": "A19 set 5: 50 +/- 9 %", "1.0": "A19 set 5: 56 +/- 7 %"}
+    for z in ("0.1", "1.0"):
+        c = s[f"ct_fraction_z{z}"]
+        r = ref[z] if s["spec_set"] == 5 else "A19 gives this for set 5 only"
+        lines.append(f"intrinsic CT fraction to z={z}: {100 * c['median']:.1f} % (16-84 %: {100 * c['p16']:.1f}-"
+                     f"{100 * c['p84']:.1f} %; {r})")
+    lines.append(f"wall time {s['wall_seconds']:.1f} s; outputs in {Path(s['files']['summary']).parent}")
+    return "\n".join(lines)
