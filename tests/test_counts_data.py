@@ -400,3 +400,17 @@ def test_declared_row_count_is_checked(tmp_path):
     _write_counts(tmp_path, n=5, meta={"n_points": 5.5})
     with pytest.raises(PopsynthError, match="header field 'n_points' must be a count"):
         load_counts("good", data_dir=tmp_path)
+
+
+def test_shipped_tables_declare_their_row_counts():
+    """Every shipped counts table and the CT-fraction table declares n_points = its row count,
+    so a file truncated at a row boundary is refused by the loader."""
+    from astropy.table import Table
+
+    from popsynth.data.counts import counts_dir
+
+    files = sorted(counts_dir().glob("*.ecsv"))
+    assert len(files) >= 8
+    for f in files:
+        t = Table.read(f, format="ascii.ecsv")
+        assert t.meta.get("n_points") == len(t), f.name

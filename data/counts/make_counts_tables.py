@@ -865,6 +865,7 @@ def main(argv: list[str]) -> int:
     tables.append(params)
     tables.append(make_ct_table())
     for t in tables:
+        t.meta["n_points"] = len(t)  # the loader checks the rows against it (a truncated file is refused)
         fname = f"{t.meta['name']}.ecsv"
         t.write(HERE / fname, format="ascii.ecsv", overwrite=True)
         print(f"wrote {fname}: {len(t)} rows")
