@@ -17,6 +17,9 @@ Typical use::
 from .greens import (  # noqa: F401
     GreensTable,
     Reprocessed,
+    StaleTableWarning,
+    check_shipped_tables,
+    check_table,
     apply_greens,
     is_current,
     load_greens,
