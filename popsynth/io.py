@@ -456,3 +456,13 @@ def write_a19_layout(path: Path, cube: np.ndarray, grid: Grid) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, a19)
     atomic_write(path, write)
+
+
+#: The files a run writes in its output folder: {summary key: file name}.
+RUN_FILES = {"checkpoint": "checkpoint.pt", "xlf_hdf5": "xlf_best.h5", "xlf_a19_npy": "xlf_best_a19.npy",
+             "cxb_table": "cxb_model.ecsv", "summary": "summary.json"}
+
+
+def run_files(out) -> dict:
+    """Paths of a run's output files (see :data:`RUN_FILES`) in the folder ``out``, as strings."""
+    return {k: str(Path(out) / v) for k, v in RUN_FILES.items()}

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor
+from ._tensor import as_tensor
 from .errors import PopsynthError
 
 #: Error model of each cumulative counts table (see data/counts/README.md, column 'errors' of the

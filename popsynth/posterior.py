@@ -177,8 +177,6 @@ def sample_posterior(lik: Likelihood, prior: LogWeightPrior, w_mode: torch.Tenso
     Laplace approximation, then the main run (``cfg.warmup`` warm-up + ``cfg.samples`` kept)
     whitened by the pilot covariance. Runs on the device of w_mode; seeded.
     """
-    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
-
     cfg.validate()
     with _one_thread():
         return _sample(lik, prior, w_mode, cfg, progress)

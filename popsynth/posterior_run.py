@@ -24,7 +24,7 @@ import torch
 from . import __version__
 from .cxb import class_of_block
 from .grid import NH_CLASS_NAMES, block_names
-from .io import export_xlf_hdf5, write_a19_layout, write_cxb_table, write_json
+from .io import export_xlf_hdf5, run_files, write_a19_layout, write_cxb_table, write_json
 from .likelihood import Likelihood, LogWeightPrior, build_likelihood, smoothness_pairs
 from .posterior import SamplerConfig, interval, neg_log_posterior, quantiles, sample_posterior
 from .xlf import apply_block_weights
@@ -134,11 +134,7 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
         "sampler": post.diagnostics(), "optimiser_steps": step, "n_starts": cfg.starts,
         "block_weights": weights, **ct_intr, "ct_fractions_observed_vs_model": observed, **fit_stats,
         "wall_seconds": round(wall_fit + post.seconds, 3), "setup_seconds": round(prob.setup_seconds, 3),
-        "spectra": {"model": cfg.spectral_model, "torus_table": cfg.torus_table,
-                    "n_draws": prob.spectra_meta.get("n_draws"), "cache_key": prob.spectra_meta.get("key")},
-        "files": {k: str(out / v) for k, v in (("checkpoint", "checkpoint.pt"), ("xlf_hdf5", "xlf_best.h5"),
-                                                ("xlf_a19_npy", "xlf_best_a19.npy"), ("cxb_table", "cxb_model.ecsv"),
-                                                ("summary", "summary.json"))},
+        "spectra": prob.spectra_summary(cfg), "files": run_files(out),
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -7,7 +7,6 @@ checkpoint.pt, xlf_best.h5, xlf_best_a19.npy, cxb_model.ecsv, summary.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -29,8 +28,8 @@ from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, ch
                   check_tensor, initial_weights, make_optimizer, prior_residuals, residuals)
 from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
-from .io import (RunLock, write_a19_layout, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint,
-                 save_checkpoint, write_cxb_table, write_json)
+from .io import (RunLock, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint, run_files,
+                save_checkpoint, write_a19_layout, write_cxb_table, write_json)
 from .progress import Progress
 from .spectra.model import SPECTRAL_MODELS, build_spectral_table, make_components
 from .spectra.sets import get_spectral_set
@@ -375,6 +374,12 @@ class Problem:
     spectra_meta: dict = field(default_factory=dict)
     setup_seconds: float = 0.0
 
+    def spectra_summary(self, cfg: "RunConfig") -> dict:
+        """The spectral model of the run, for summary.json."""
+        return {"model": cfg.spectral_model, "torus_table": cfg.torus_table,
+                "components": [c["name"] for c in self.spectra_meta.get("components", [])],
+                "n_draws": self.spectra_meta.get("n_draws"), "cache_key": self.spectra_meta.get("key")}
+
 
 FINE_ENERGY = np.logspace(np.log10(0.3), np.log10(300.0), 241)  # keV
 
@@ -552,18 +557,18 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
     log(f"popsynth {__version__}: spectral set {cfg.spec_set}, mode {cfg.mode}, {cfg.starts} starts, optimizer {opt.name} "
         f"(lr {opt.lr:g}), loss {cfg.loss}, weight prior {cfg.weight_prior:g} dex, {prob.data.n} CXB points, device {device}; set-up {prob.setup_seconds:.1f} s")
 
-    def residual_fn(w):
-        r = residuals(prob.model(w), prob.data, cfg.loss, cfg.sys_floor)
-        parts = [r, prior_residuals(w, cfg.weight_prior)]
-        if cfg.mode == "joint":
-            parts.append(prob.constraints.residuals(w))
-        return torch.cat(parts, dim=-1)
-
     if cfg.mode == "posterior":  # the optimiser finds the posterior mode of the joint likelihood
         from .posterior_run import build_inference, residual_fn_for
 
         lik, prior = build_inference(cfg, prob, device)
-        residual_fn = residual_fn_for(lik, prior)  # noqa: F811
+        residual_fn = residual_fn_for(lik, prior)
+    else:
+        def residual_fn(w):
+            r = residuals(prob.model(w), prob.data, cfg.loss, cfg.sys_floor)
+            parts = [r, prior_residuals(w, cfg.weight_prior)]
+            if cfg.mode == "joint":
+                parts.append(prob.constraints.residuals(w))
+            return torch.cat(parts, dim=-1)
 
     conv = Convergence(cfg.rtol, cfg.patience)
     if ckpt is not None:
@@ -739,12 +744,8 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         "wall_seconds": round(wall, 3),
         "setup_seconds": round(prob.setup_seconds, 3),
         "warnings": list(warnings or []),
-        "spectra": {"model": cfg.spectral_model, "torus_table": cfg.torus_table,
-                    "components": [c["name"] for c in prob.spectra_meta.get("components", [])],
-                    "n_draws": prob.spectra_meta.get("n_draws"), "cache_key": prob.spectra_meta.get("key")},
-        "files": {k: str(out / v) for k, v in (("checkpoint", "checkpoint.pt"), ("xlf_hdf5", "xlf_best.h5"),
-                                                ("xlf_a19_npy", "xlf_best_a19.npy"), ("cxb_table", "cxb_model.ecsv"),
-                                                ("summary", "summary.json"))},
+        "spectra": prob.spectra_summary(cfg),
+        "files": run_files(out),
     }
     write_json(out / "summary.json", summary)
     return summary
