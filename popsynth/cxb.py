@@ -31,7 +31,7 @@ import torch
 from ._tensor import DTYPE, as_tensor, interp_loglog
 from .cosmology import CosmologyParams, distance_tables
 from .errors import PopsynthError
-from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid
+from .grid import NH_CLASS_NAMES, Grid, nh_class_of_blocks
 from .spectra.model import SpectralTable
 
 def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyParams = CosmologyParams(),
@@ -98,8 +98,8 @@ def block_response(phi1: torch.Tensor, kernel: torch.Tensor, grid: Grid) -> torc
 
 
 def class_of_block() -> torch.Tensor:
-    """N_H class (0, 1, 2) of each block: long [15]."""
-    return torch.arange(N_BLOCKS) // 5
+    """N_H class (0, 1, 2) of each block: long [15] (:func:`popsynth.grid.nh_class_of_blocks`)."""
+    return nh_class_of_blocks()
 
 
 class CXBModel:

@@ -68,6 +68,11 @@ def block_index_of(nh_class, lum_range):
     return (len(LOGL_BLOCK_EDGES) - 1) * nh_class + lum_range
 
 
+def nh_class_of_blocks():
+    """N_H class (0 unabsorbed, 1 Compton-thin, 2 Compton-thick) of each block: long tensor [15]."""
+    return torch.arange(N_BLOCKS) // (len(LOGL_BLOCK_EDGES) - 1)
+
+
 def block_names() -> list[str]:
     """Names of the 15 blocks in index order, e.g. ``'compton_thin:L43-44'``."""
     names = []

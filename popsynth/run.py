@@ -406,8 +406,9 @@ def block_counts(phi0: torch.Tensor, grid: Grid, zmax: float, cosmology: Cosmolo
 
 def ct_fraction(weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Intrinsic CT fraction N(log N_H >= 24) / N(all) per start: weights [B, 15], counts [15] -> [B]."""
-    n = weights * counts
-    return n[:, 10:].sum(-1) / n.sum(-1)
+    from .posterior_run import intrinsic_ct_fraction
+
+    return intrinsic_ct_fraction(weights, counts)
 
 
 def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
