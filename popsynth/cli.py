@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, help="spectral parameter draws per class, 1 to 10000 (default 64)")
     p.add_argument("--galaxies", metavar="{a19,sfr,none}",
                    help="galaxy CXB term: a19 (A19 fixed shape, default), sfr (X-ray binaries from cosmic SFR history) or none")
+    p.add_argument("--xlf", metavar="{u14,a15}",
+                   help="starting XLF of all Compton-thin AGN: u14 = Ueda et al. 2014 LDDE (default), a15 = Aird et al. "
+                        "2015 LADE (hard band; parameters not yet checked against the paper, docs/xlf_a15.md); both "
+                        "times the --absorption function. The printed table gives the CXB chi2 of each, unfitted")
     p.add_argument("--absorption", metavar="{a19,u14}",
                    help="starting absorption function: a19 = U14+R15 (A19 App. A, default) or u14")
     p.add_argument("--spectral-model", metavar="{a19,a19-incident-cutoff,a19-full-absorber,transmitted}",
@@ -114,7 +118,7 @@ FLAGS = {
     "counts_weight": ("--counts-weight", "counts_weight"), "ct_weight": ("--ct-weight", "ct_weight"),
     "quiet": ("--quiet", "progress"), "chains": ("--chains", "chains"), "warmup": ("--warmup", "warmup"),
     "samples": ("--samples", "samples"), "smooth_prior": ("--smooth-prior", "smooth_prior"),
-    "select_chi2_max": ("--select-chi2-max", "select_chi2_max"),
+    "select_chi2_max": ("--select-chi2-max", "select_chi2_max"), "xlf": ("--xlf", "xlf"),
 }
 
 #: A19's procedure as written (section 5.1, Appendix B): the defaults of --mode a19.

@@ -112,7 +112,7 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
              "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "config": cfg.to_dict(),
              "phi": "cube at the posterior mode; phi_p16/p50/p84: percentile cubes over the posterior samples",
              "fit_statistics": fit_stats, "absorption_function": cfg.absorption,
-             "xlf_start": "Ueda et al. 2014 LDDE x absorption function", "prior": prior.describe()}
+             "xlf_start": cfg.xlf, "prior": prior.describe()}
     export_xlf_hdf5(out / "xlf_best.h5", cube_mode, grid, attrs,
                     extra={**cubes, "posterior_weights": post.u.exp().cpu().numpy()})
     write_a19_layout(out / "xlf_best_a19.npy", cube_mode, grid)
@@ -132,7 +132,7 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
         "popsynth_version": __version__, "spec_set": cfg.spec_set, "mode": "posterior",
         "likelihood": lik.describe(), "prior": prior.describe(),
         "sampler": post.diagnostics(), "optimiser_steps": step, "n_starts": cfg.starts,
-        "block_weights": weights, **ct_intr, "ct_fractions_observed_vs_model": observed, **fit_stats,
+        "xlf_start": cfg.xlf, "literature_rows": prob.literature, "block_weights": weights, **ct_intr, "ct_fractions_observed_vs_model": observed, **fit_stats,
         "wall_seconds": round(wall_fit + post.seconds, 3), "setup_seconds": round(prob.setup_seconds, 3),
         "spectra": prob.spectra_summary(cfg), "files": run_files(out),
     }
@@ -163,5 +163,8 @@ def format_posterior_table(s: dict) -> str:
         r = ref[z] if s["spec_set"] == 5 else "A19 gives this for set 5 only"
         lines.append(f"intrinsic CT fraction to z={z}: {100 * c['median']:.1f} % (16-84 %: {100 * c['p16']:.1f}-"
                      f"{100 * c['p84']:.1f} %; {r})")
+    from .run import format_literature_rows
+
+    lines += format_literature_rows(s)
     lines.append(f"wall time {s['wall_seconds']:.1f} s; outputs in {Path(s['files']['summary']).parent}")
     return "\n".join(lines)

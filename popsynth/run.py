@@ -39,6 +39,21 @@ from .xlf import ABSORPTION_MODELS, apply_block_weights, build_phi0
 MODES = ("posterior", "a19", "joint", "cxb")
 
 
+def _phi0_u14(grid, absorption, l_moment=0, device=None):
+    return build_phi0(grid, absorption, l_moment=l_moment, device=device)
+
+
+def _phi0_a15(grid, absorption, l_moment=0, device=None):
+    from .xlf_a15 import build_phi0_a15
+
+    return build_phi0_a15(grid, absorption, l_moment=l_moment, device=device)
+
+
+#: Starting XLFs (of all Compton-thin AGN, times the absorption function): name -> (cube builder, label).
+STARTING_XLFS = {"u14": (_phi0_u14, "Ueda et al. 2014 LDDE"),
+                 "a15": (_phi0_a15, "Aird et al. 2015 LADE (hard), with this run's absorption function")}
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run (stored in the checkpoint; a run is reproducible from it)."""
@@ -58,6 +73,7 @@ class RunConfig:
     spectra_seed: int = 0
     galaxies: str = "a19"
     absorption: str = "a19"
+    xlf: str = "u14"  # starting XLF of all Compton-thin AGN: u14 (Ueda et al. 2014 LDDE) or a15 (Aird et al. 2015 LADE)
     spectral_model: str = "a19"
     torus_table: str | None = None
     mode: str = "posterior"  # posterior: joint likelihood, mode + NUTS; a19: A19's procedure; joint: one loss; cxb
@@ -122,6 +138,8 @@ class RunConfig:
                 raise PopsynthError(f"{flag} must be >= 0, got {getattr(self, name)}", f"pass e.g. {flag} 1")
         if self.galaxies not in GALAXY_MODELS:
             raise PopsynthError(f"unknown galaxy model '{self.galaxies}'", f"use one of {sorted(GALAXY_MODELS)}")
+        if self.xlf not in STARTING_XLFS:
+            raise PopsynthError(f"unknown starting XLF '{self.xlf}'", f"use --xlf {' or '.join(STARTING_XLFS)}")
         if self.absorption not in ABSORPTION_MODELS:
             raise PopsynthError(f"unknown absorption function '{self.absorption}'",
                                 f"use --absorption {' or '.join(ABSORPTION_MODELS)}")
@@ -370,6 +388,7 @@ class Problem:
     model: CXBModel  # at the data energies
     fine: CXBModel  # on a fine energy grid, for the output table
     ct_blocks: dict = field(default_factory=dict)  # zmax -> number of AGN per block [15]
+    literature: dict = field(default_factory=dict)  # starting XLF name -> CXB chi2 per data set at weights 1
     constraints: Constraints | None = None  # counts and CT fractions (None in --mode cxb)
     spectra_meta: dict = field(default_factory=dict)
     setup_seconds: float = 0.0
@@ -418,8 +437,9 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
 
         check_shipped_tables()
     grid = Grid()
-    phi0 = build_phi0(grid, cfg.absorption, device=device)
-    phi1 = build_phi0(grid, cfg.absorption, l_moment=1, device=device)
+    make_phi0 = STARTING_XLFS[cfg.xlf][0]
+    phi0 = make_phi0(grid, cfg.absorption, device=device)
+    phi1 = make_phi0(grid, cfg.absorption, l_moment=1, device=device)
     table = build_spectral_table(cfg.spec_set, grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
                                  components=make_components(cfg.spectral_model, cfg.torus_table), device=device)
     datasets = load_cxb(cfg.datasets)
@@ -429,11 +449,20 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
     for e in (data.energy, as_tensor(FINE_ENERGY, device)):
         k = cxb_kernel(table, grid, e, device=device)
         models.append(CXBModel(block_response(phi1, k, grid), e, gal(e).to(device)))
+        if not models[1:]:  # A19 Table 5's literature rows: each starting XLF, unchanged, under this spectral set
+            literature = {}
+            for name, (make, label) in STARTING_XLFS.items():
+                resp = block_response(phi1 if name == cfg.xlf else make(grid, cfg.absorption, l_moment=1, device=device),
+                                      k, grid)
+                pred = CXBModel(resp, e, gal(e).to(device))(torch.ones(1, N_BLOCKS, dtype=DTYPE, device=device))
+                chi = chi2_by_dataset(pred, data, cfg.sys_floor)[0]
+                literature[name] = {"label": label, **{n: float(chi[i]) for i, n in enumerate(data.names)},
+                                    "total": float(chi.sum())}
     ct = {zmax: block_counts(phi0, grid, zmax) for zmax in (0.1, 1.0)}
     cons = None
     if cfg.mode != "cxb":
         cons = Constraints(grid, phi0, table, cfg.counts, cfg.use_ct, cfg.counts_weight, cfg.ct_weight, device=device)
-    return Problem(grid, phi0, data, models[0], models[1], ct, cons, table.meta, time.time() - t0)
+    return Problem(grid, phi0, data, models[0], models[1], ct, literature, cons, table.meta, time.time() - t0)
 
 
 def _check_finite(loss: torch.Tensor, step: int, saved_step: int | None) -> None:
@@ -696,7 +725,7 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
     attrs = {"spec_set": cfg.spec_set, "spec_set_description": spec.description, "spectral_set": spec.describe(),
              "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "weights": wb[0].tolist(), "block_names": block_names(),
              "fit_statistics": fit_stats, "config": cfg.to_dict(), "best_start": best, "selection": select_rule,
-             "absorption_function": cfg.absorption, "xlf_start": "Ueda et al. 2014 LDDE x absorption function"}
+             "absorption_function": cfg.absorption, "xlf_start": f"{STARTING_XLFS[cfg.xlf][1]} x absorption function"}
     export_xlf_hdf5(out / "xlf_best.h5", cube, grid, attrs,
                     extra={"weights_all_starts": w.cpu().numpy(), "converged": converged.cpu().numpy(),
                            "a19_cost_all_starts": cost.cpu().numpy(), "chi2_all_starts": chi2_tot.cpu().numpy()})
@@ -742,6 +771,7 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         **fit_stats,
         "ct_fraction_z0.1": spread(ctf[0.1]),
         "ct_fraction_z1.0": spread(ctf[1.0]),
+        "xlf_start": cfg.xlf, "literature_rows": prob.literature,
         "wall_seconds": round(wall, 3),
         "setup_seconds": round(prob.setup_seconds, 3),
         "warnings": list(warnings or []),
@@ -752,25 +782,50 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
     return summary
 
 
+#: A19 Table 5: CXB chi^2 per data set. "This work" for spectral sets 5 and 1, and the literature
+#: XLFs as A19 computed them (each with its own paper's spectral prescription, A19 Table 4).
+A19_TABLE5 = {5: {"chandra_cosmos": 21.75, "rxte": 17.98, "swift_bat": 11.66, "total": 51.4, "reduced": 0.87},
+              1: {"chandra_cosmos": 58.3, "rxte": 45.74, "swift_bat": 46.02, "total": 150.05, "reduced": 2.54}}
+A19_TABLE5_LITERATURE = {"u14": {"chandra_cosmos": 70.84, "rxte": 46.5, "swift_bat": 36.5, "total": 153.84},
+                         "a15": {"chandra_cosmos": 17.36, "rxte": 152.95, "swift_bat": 137.88, "total": 308.2}}
+
+
+def format_literature_rows(s: dict) -> list[str]:
+    """A19 Table 5's literature rows: each starting XLF, all weights 1, under this run's spectra."""
+    rows = s.get("literature_rows") or {}
+    if not rows:
+        return []
+    lines = [f"{'Starting XLF, weights 1':<30}{'Chandra':>9}{'RXTE':>8}{'BAT':>8}{'total':>9}{'A19 total':>11}"]
+    for name, r in rows.items():
+        ref = A19_TABLE5_LITERATURE.get(name, {}).get("total")
+        lines.append(f"{name.upper():<30}{r.get('chandra_cosmos', float('nan')):>9.1f}{r.get('rxte', float('nan')):>8.1f}"
+                     f"{r.get('swift_bat', float('nan')):>8.1f}{r['total']:>9.1f}{'-' if ref is None else f'{ref:.1f}':>11}")
+    lines.append("  (A19 computed its literature rows with each paper's own spectra; popsynth uses this run's)")
+    return lines
+
+
 def format_table(s: dict) -> str:
     """A19 Table 5 style: chi^2 per CXB dataset for the best start, plus CT fractions.
 
     The reference column holds A19's numbers only where A19 gives them for this run's spectral
     set (A19 Table 5 and sec. 6 give them for spectral set 5), "-" elsewhere."""
-    ours = s["spec_set"] == 5
-    a19_ref = {"chandra_cosmos": ("Chandra COSMOS", 21.75), "rxte": ("RXTE", 17.98), "swift_bat": ("Swift-BAT", 11.66)}
+    t5 = A19_TABLE5.get(s["spec_set"])
+    ours = t5 is not None
+    labels = {"chandra_cosmos": "Chandra COSMOS", "rxte": "RXTE", "swift_bat": "Swift-BAT"}
+    ref_head = f"A19 set {s['spec_set']}" if ours else "A19"
 
-    def ref(x, fmt=".2f"):
-        return f"{x:>12{fmt}}" if ours and x is not None else f"{'-':>12}"
+    def ref(key, fmt=".2f"):
+        x = t5.get(key) if ours else None
+        return f"{x:>12{fmt}}" if x is not None else f"{'-':>12}"
 
     lines = [f"CXB fit, spectral set {s['spec_set']}: {s['n_converged']}/{s['n_starts']} starts converged "
              f"({s['convergence_criterion']}); best start {s['best_start']}",
-             f"{'CXB constraint':<18}{'points':>8}{'chi2':>10}{'A19 set 5' if ours else 'A19':>12}"]
+             f"{'CXB constraint':<18}{'points':>8}{'chi2':>10}{ref_head:>12}"]
     for name, chi in s["chi2_cxb"].items():
-        label, r = a19_ref.get(name, (name, None))
-        lines.append(f"{label:<18}{s['n_points'][name]:>8}{chi:>10.2f}{ref(r)}")
-    lines.append(f"{'Total':<18}{sum(s['n_points'].values()):>8}{s['chi2_total']:>10.2f}{ref(51.4)}")
-    lines.append(f"{'Reduced chi2':<18}{s['dof']:>8}{s['reduced_chi2_cxb']:>10.2f}{ref(0.87)}")
+        lines.append(f"{labels.get(name, name):<18}{s['n_points'][name]:>8}{chi:>10.2f}{ref(name)}")
+    lines.append(f"{'Total':<18}{sum(s['n_points'].values()):>8}{s['chi2_total']:>10.2f}{ref('total')}")
+    lines.append(f"{'Reduced chi2':<18}{s['dof']:>8}{s['reduced_chi2_cxb']:>10.2f}{ref('reduced')}")
+    lines += format_literature_rows(s)
     if "chi2_constraints" in s:
         lines.append(f"selected start {s['best_start']} ({s['selection']})")
         lines.append(f"{'Counts / CT constraint':<44}{'points':>7}{'chi2':>10}")
@@ -786,6 +841,6 @@ def format_table(s: dict) -> str:
         c = s[f"ct_fraction_z{z}"]
         lines.append(f"CT fraction to z={z}: {100 * c['median']:.1f} % (16-84 % over converged starts: {100 * c['p16']:.1f}-"
                      f"{100 * c['p84']:.1f} %, selected start {100 * c['best_start']:.1f} %; "
-                     f"{'A19 set 5: ' + r if ours else 'A19: -'})")
+                     f"{'A19 set 5: ' + r if s['spec_set'] == 5 else 'A19: -'})")
     lines.append(f"wall time {s['wall_seconds']:.1f} s; outputs in {Path(s['files']['summary']).parent}")
     return "\n".join(lines)

@@ -199,7 +199,7 @@ ABSORPTION_MODELS = {"a19": absorption_a19, "u14": absorption_u14}
 
 
 def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
-               n_sub: int = 4, l_moment: int = 0, device=None) -> torch.Tensor:
+               n_sub: int = 4, l_moment: int = 0, device=None, total=None) -> torch.Tensor:
     """The starting XLF cube phi0[z, log L, log N_H] in Mpc^-3 dex^-2 (float64 [nz, nL, nN]).
 
     phi0 = Phi_U14(z, L) * f(L, z; N_H). Values along log L are cell averages, computed with
@@ -210,6 +210,8 @@ def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
     ``l_moment`` = 1 returns the cell average of phi * (L / L_c) instead (L_c the cell-centre
     luminosity), so that sum(phi1 * L_c * dlogL) is the exact luminosity integral of the cell:
     the form the CXB uses.
+    ``total``: another XLF of all Compton-thin AGN, a function (z, log L) -> Mpc^-3 dex^-1 on
+    broadcast tensors, in place of the U14 LDDE (e.g. :func:`popsynth.xlf_a15.lade_a15`).
     """
     if absorption not in ABSORPTION_MODELS:
         raise PopsynthError(f"unknown absorption function '{absorption}'", f"use one of {sorted(ABSORPTION_MODELS)}")
@@ -221,7 +223,8 @@ def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
     z = as_tensor(grid.z, device)[:, None, None, None]
     ll = as_tensor(sub, device)[None, :, None, :]
     nh = as_tensor(grid.lognh, device)[None, None, :, None]
-    vals = ldde_ueda14(z, ll, ldde) * f_abs(z, ll, nh)  # [nz, nL, nN, n_sub]
+    phi = ldde_ueda14(z, ll, ldde) if total is None else total(z, ll)
+    vals = phi * f_abs(z, ll, nh)  # [nz, nL, nN, n_sub]
     if l_moment:
         vals = vals * 10.0 ** (l_moment * (ll - as_tensor(grid.logl, device)[None, :, None, None]))
     return (vals * wsub).sum(-1)

@@ -286,3 +286,21 @@ def test_a19_procedure_defaults_at_the_cli():
     cfg = _new_config(_given(build_parser().parse_args(["--mode", "a19", "--optimizer", "lm"])))
     assert cfg.optimizer == "lm"
     assert _new_config({}).mode == "posterior"
+
+
+def test_starting_xlf_option_and_literature_rows(tmp_path, capsys):
+    """--xlf a15 starts from the Aird et al. 2015 LADE; every run reports A19 Table 5's literature
+    rows (each starting XLF, unfitted, under the run's spectra), with A19's totals beside them."""
+    s = run(RunConfig(out=str(tmp_path), steps=3, xlf="a15", **{**SMALL, "mode": "cxb"}), log=lambda *a: None)
+    assert s["xlf_start"] == "a15"
+    rows = s["literature_rows"]
+    assert set(rows) == {"u14", "a15"}
+    for r in rows.values():
+        assert r["total"] == pytest.approx(r["chandra_cosmos"] + r["rxte"] + r["swift_bat"])
+        assert r["total"] > 0
+    from popsynth.run import format_table
+
+    text = format_table(s)
+    assert "A15" in text and "153.8" in text and "308.2" in text  # A19 Table 5 totals for U14 and A15
+    rc, err = _cli(["--xlf", "b15"], capsys)
+    assert rc == 2 and len(err) == 1 and "unknown starting XLF 'b15'" in err[0] and "--xlf u14 or a15" in err[0]
