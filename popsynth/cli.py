@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CT fractions; joint: one chi2 loss over everything, best start; cxb: CXB only")
     p.add_argument("--chains", type=int, help="posterior: NUTS chains, 2-64 (default 4)")
     p.add_argument("--warmup", type=int, help="posterior: warm-up iterations per chain, for the pilot and the main run "
-                                              "(default 200)")
-    p.add_argument("--samples", type=int, help="posterior: kept iterations per chain (default 800)")
+                                              "(default 300)")
+    p.add_argument("--samples", type=int, help="posterior: kept iterations per chain (default 1600)")
     p.add_argument("--smooth-prior", type=float,
                    help="posterior: width in dex of a prior tying adjacent luminosity blocks of one N_H class "
                         "(default 0 = off)")

@@ -45,8 +45,8 @@ class SamplerConfig:
     """NUTS settings: chains, warm-up and kept iterations per chain, tree depth, target acceptance, seed."""
 
     chains: int = 4
-    warmup: int = 200
-    samples: int = 800
+    warmup: int = 300
+    samples: int = 1600
     max_tree_depth: int = 8
     target_accept: float = 0.8
     init_jitter: float = 1.0  # pilot starts: standard deviations of the Laplace approximation

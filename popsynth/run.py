@@ -78,8 +78,8 @@ class RunConfig:
     torus_table: str | None = None
     mode: str = "posterior"  # posterior: joint likelihood, mode + NUTS; a19: A19's procedure; joint: one loss; cxb
     chains: int = 4  # posterior: NUTS chains (one batch)
-    warmup: int = 200  # posterior: warm-up iterations per chain (pilot and main run each)
-    samples: int = 800  # posterior: kept iterations per chain
+    warmup: int = 300  # posterior: warm-up iterations per chain (pilot and main run each)
+    samples: int = 1600  # posterior: kept iterations per chain
     smooth_prior: float = 0.0  # posterior: dex; ties adjacent luminosity blocks (0 = off)
     select_chi2_max: float | None = None  # a19: only starts with CXB chi2 below this are selectable
     counts: tuple = DEFAULT_COUNTS
