@@ -30,6 +30,8 @@ from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
 from .io import (RunLock, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint, run_files,
                 save_checkpoint, write_a19_layout, write_cxb_table, write_json)
+from .posterior_run import (A19_TABLE5, build_inference, format_literature_rows, format_posterior_table,
+                            intrinsic_ct_fraction, posterior_stage, residual_fn_for)
 from .progress import Progress
 from .spectra.model import SPECTRAL_MODELS, build_spectral_table, make_components
 from .spectra.sets import get_spectral_set
@@ -425,8 +427,6 @@ def block_counts(phi0: torch.Tensor, grid: Grid, zmax: float, cosmology: Cosmolo
 
 def ct_fraction(weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Intrinsic CT fraction N(log N_H >= 24) / N(all) per start: weights [B, 15], counts [15] -> [B]."""
-    from .posterior_run import intrinsic_ct_fraction
-
     return intrinsic_ct_fraction(weights, counts)
 
 
@@ -588,8 +588,6 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
         f"(lr {opt.lr:g}), loss {cfg.loss}, weight prior {cfg.weight_prior:g} dex, {prob.data.n} CXB points, device {device}; set-up {prob.setup_seconds:.1f} s")
 
     if cfg.mode == "posterior":  # the optimiser finds the posterior mode of the joint likelihood
-        from .posterior_run import build_inference, residual_fn_for
-
         lik, prior = build_inference(cfg, prob, device)
         residual_fn = residual_fn_for(lik, prior)
     else:
@@ -645,8 +643,6 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
     for msg in warnings:
         warn(msg)
     if cfg.mode == "posterior":
-        from .posterior_run import format_posterior_table, posterior_stage
-
         progress["stage"] = "posterior sampling"
         summary = posterior_stage(cfg, prob, lik, prior, w, step, out, wall_before + time.time() - t_start, log)
         log(format_posterior_table(summary))
@@ -780,28 +776,6 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
     }
     write_json(out / "summary.json", summary)
     return summary
-
-
-#: A19 Table 5: CXB chi^2 per data set. "This work" for spectral sets 5 and 1, and the literature
-#: XLFs as A19 computed them (each with its own paper's spectral prescription, A19 Table 4).
-A19_TABLE5 = {5: {"chandra_cosmos": 21.75, "rxte": 17.98, "swift_bat": 11.66, "total": 51.4, "reduced": 0.87},
-              1: {"chandra_cosmos": 58.3, "rxte": 45.74, "swift_bat": 46.02, "total": 150.05, "reduced": 2.54}}
-A19_TABLE5_LITERATURE = {"u14": {"chandra_cosmos": 70.84, "rxte": 46.5, "swift_bat": 36.5, "total": 153.84},
-                         "a15": {"chandra_cosmos": 17.36, "rxte": 152.95, "swift_bat": 137.88, "total": 308.2}}
-
-
-def format_literature_rows(s: dict) -> list[str]:
-    """A19 Table 5's literature rows: each starting XLF, all weights 1, under this run's spectra."""
-    rows = s.get("literature_rows") or {}
-    if not rows:
-        return []
-    lines = [f"{'Starting XLF, weights 1':<30}{'Chandra':>9}{'RXTE':>8}{'BAT':>8}{'total':>9}{'A19 total':>11}"]
-    for name, r in rows.items():
-        ref = A19_TABLE5_LITERATURE.get(name, {}).get("total")
-        lines.append(f"{name.upper():<30}{r.get('chandra_cosmos', float('nan')):>9.1f}{r.get('rxte', float('nan')):>8.1f}"
-                     f"{r.get('swift_bat', float('nan')):>8.1f}{r['total']:>9.1f}{'-' if ref is None else f'{ref:.1f}':>11}")
-    lines.append("  (A19 computed its literature rows with each paper's own spectra; popsynth uses this run's)")
-    return lines
 
 
 def format_table(s: dict) -> str:
