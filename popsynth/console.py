@@ -1,0 +1,47 @@
+"""The ``popsynth`` console script: one entry point, one subcommand per tool.
+
+``popsynth <command> [options]`` runs the ``main(argv)`` function of the module that owns the
+command (imported only when the command is called, so that ``popsynth --help`` stays fast and a
+command whose optional extra is not installed does not break the others). Each command is also
+reachable as ``python -m popsynth.<module>``; ``popsynth train`` is ``python train.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("popsynth.cli", "fit the XLF (same options as train.py)"),
+    "figures": ("popsynth.figures", "A19 Figs. 1-4 and 7 from the spectral library"),
+}
+"""command -> (module whose ``main(argv)`` runs it, one-line description)."""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: popsynth <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "'popsynth <command> --help' describes each command's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to a command; returns its exit code
+    (2 with a one-line error for an unknown command)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} "
+              "('popsynth --help' lists them)", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    code = module.main(rest)
+    return 0 if code is None else int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
