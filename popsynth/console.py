@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("popsynth.cli", "fit the XLF (same options as train.py)"),
     "figures": ("popsynth.figures", "A19 Figs. 1-4 and 7 from the spectral library"),
+    "bhad": ("popsynth.bhad", "black-hole accretion-rate and mass density"),
+    "unresolved": ("popsynth.unresolved", "unresolved CXB and resolved fractions"),
     "compare": ("popsynth.compare", "figures of a run against published data (XLF, N_H, CT fraction, counts, CXB)"),
     "sweep": ("popsynth.sweep", "grid of train.py runs on Dask"),
 }
