@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("popsynth.cli", "fit the XLF (same options as train.py)"),
     "figures": ("popsynth.figures", "A19 Figs. 1-4 and 7 from the spectral library"),
+    "mock": ("popsynth.mock", "mock AGN catalogue from a run's XLF"),
+    "forecast": ("popsynth.forecast", "expected AGN numbers for a survey"),
     "bhad": ("popsynth.bhad", "black-hole accretion-rate and mass density"),
     "unresolved": ("popsynth.unresolved", "unresolved CXB and resolved fractions"),
     "compare": ("popsynth.compare", "figures of a run against published data (XLF, N_H, CT fraction, counts, CXB)"),
