@@ -460,12 +460,21 @@ def folder_state(conf: Configuration) -> str:
     return "finished" if finished_summary(folder) is not None else "unfinished"
 
 
+def _resumable(cfg) -> dict:
+    """The settings a checkpoint must share with a configuration to be resumed for it (all but
+    out and the settings a resume may change: steps, device, progress)."""
+    from .run import RESUME_SAFE
+
+    return {k: v for k, v in identity(cfg).items() if k not in RESUME_SAFE}
+
+
 def run_configuration(config: dict, torch_threads: int = 1) -> dict:
     """The Dask task: run one configuration in its folder ``config["out"]``; never raises.
 
     ``config`` is a RunConfig.to_dict(). Writes sweep_config.json first, then runs (or resumes
-    an interrupted run from its checkpoint; an unreadable checkpoint or one of other settings
-    is started again), logging to sweep.log. ``torch.set_num_threads(torch_threads)`` first,
+    an interrupted run from its checkpoint, with this configuration's steps, device and
+    progress; an unreadable checkpoint or one of other settings is started again), logging to
+    sweep.log. ``torch.set_num_threads(torch_threads)`` first,
     so that workers do not fight over the cores.
 
     Returns {"status": "done" | "failed", "error": one line or "", "seconds": wall time of the
@@ -478,7 +487,7 @@ def run_configuration(config: dict, torch_threads: int = 1) -> dict:
               "resumed": False}
     try:
         from .io import write_json
-        from .run import RunConfig, load_resume, run
+        from .run import RESUME_SAFE, RunConfig, load_resume, run
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
@@ -498,7 +507,7 @@ def run_configuration(config: dict, torch_threads: int = 1) -> dict:
             if (folder / "checkpoint.pt").exists():
                 try:
                     _, stored, _ = load_resume(folder)
-                    if identity(stored) == identity(cfg):
+                    if _resumable(stored) == _resumable(cfg):
                         resume = str(folder)
                     else:
                         log("the checkpoint holds other settings: starting again")
@@ -509,7 +518,7 @@ def run_configuration(config: dict, torch_threads: int = 1) -> dict:
                     log(f"resuming from {folder / 'checkpoint.pt'}")
                     result["resumed"] = True
                     summary = run(RunConfig(), resume=resume, log=log, warn=warn,
-                                  overrides={"device": cfg.device, "progress": cfg.progress})
+                                  overrides={k: getattr(cfg, k) for k in RESUME_SAFE})
                 else:
                     summary = run(cfg, log=log, warn=warn)
             except Exception:
