@@ -685,7 +685,7 @@ def make_mock(run_path, out, area_deg2, z_range=None, bands=DEFAULT_BANDS, surve
     """Draw and write a mock catalogue from a run; returns the provenance dict written in the header.
 
     Args:
-      run_path: run folder or its xlf_best.h5; out: .fits or .ecsv path.
+      run_path: run folder or its xlf_best.h5 (or a loaded RunOutputs); out: .fits or .ecsv path.
       area_deg2: sky area (deg^2), "all" for the whole sky, or None for the survey's largest area.
       z_range: (zmin, zmax) or None (the survey's z range, else the whole grid 0.002-5).
       bands: output bands [(lo, hi) keV]; survey: a registry / shipped survey name or a Survey;
@@ -730,7 +730,13 @@ def make_mock(run_path, out, area_deg2, z_range=None, bands=DEFAULT_BANDS, surve
     bands = tuple(tuple(float(x) for x in b) for b in bands)
     if sel is not None and tuple(sel.band_keV) not in bands:
         bands = bands + (tuple(sel.band_keV),)
-    r = load_run(run_path)
+    if Path(out).suffix.lower() not in (".fits", ".fit", ".ecsv"):
+        raise PopsynthError(f"output {out} must end in .fits or .ecsv", "pass --out catalogue.fits or catalogue.ecsv")
+    if z_range is not None:
+        z_range = (float(z_range[0]), float(z_range[1]))
+    MockSpec(area_deg2=float(area_deg2), z_range=z_range or (0.0, 1.0), bands=bands, seed=seed, ra0=float(ra0),
+             dec0=float(dec0), max_rows=int(max_rows)).check()  # bad arguments fail before the run is loaded
+    r = run_path if hasattr(run_path, "problem") else load_run(run_path)
     prob = r.problem()
     grid = prob.grid
     if z_range is None:
