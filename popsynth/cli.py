@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-prior", type=float,
                    help="posterior: width in dex of a prior tying adjacent luminosity blocks of one N_H class "
                         "(default 0 = off)")
+    p.add_argument("--cxb-norm-sigma", type=float,
+                   help="posterior: 1-sigma prior width of each CXB instrument's absolute normalisation, a fraction "
+                        "in [0, 1); marginalised (default 0.1; 0 fixes the normalisations to the published values)")
     p.add_argument("--select-chi2-max", type=float,
                    help="a19: select only among converged starts whose CXB chi2 is at most this (constrained selection)")
     p.add_argument("--counts", metavar="NAMES",
@@ -119,6 +122,7 @@ FLAGS = {
     "quiet": ("--quiet", "progress"), "chains": ("--chains", "chains"), "warmup": ("--warmup", "warmup"),
     "samples": ("--samples", "samples"), "smooth_prior": ("--smooth-prior", "smooth_prior"),
     "select_chi2_max": ("--select-chi2-max", "select_chi2_max"), "xlf": ("--xlf", "xlf"),
+    "cxb_norm_sigma": ("--cxb-norm-sigma", "cxb_norm_sigma"),
 }
 
 #: A19's procedure as written (section 5.1, Appendix B): the defaults of --mode a19.

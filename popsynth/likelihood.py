@@ -76,6 +76,20 @@ class Term:
     def predict(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def predict_observed(self, w: torch.Tensor) -> torch.Tensor:
+        """The model quantity compared with the data [B, n] (``predict`` unless a term adds nuisance factors)."""
+        return self.predict(w)
+
+    def chi2_of(self, pred: torch.Tensor) -> torch.Tensor:
+        """Goodness of fit [B] of a given model prediction ``pred`` [B, n] of the data points (the
+        quantity of :meth:`predict_observed`), e.g. the posterior median of each point."""
+        raise NotImplementedError
+
+    def chi2(self, w: torch.Tensor) -> torch.Tensor:
+        """Goodness of fit of the data points [B] at weights w: -2 ln L without prior or
+        normalisation terms (chi^2, or the Poisson deviance)."""
+        return self.chi2_of(self.predict_observed(w))
+
     def to(self, device) -> "Term":
         for k, v in list(vars(self).items()):
             if isinstance(v, torch.Tensor):
@@ -85,31 +99,84 @@ class Term:
 
 class CXBTerm(Term):
     """CXB points of one instrument. response [15, n] (keV^2 cm^-2 s^-1 keV^-1 sr^-1 per unit weight),
-    extra [n] (the galaxy term, same unit), obs, err_lo, err_hi [n]; sys_floor: fraction f of I_obs."""
+    extra [n] (the galaxy term, same unit), obs, err_lo, err_hi [n]; sys_floor: fraction f of I_obs;
+    norm_sigma: 1-sigma fractional uncertainty of the instrument's absolute normalisation (0: none).
+
+    With ``norm_sigma`` = s > 0 the data are modelled as c m + noise with an unknown calibration
+    factor c ~ N(1, s^2) common to all points of the instrument, and c is marginalised
+    analytically. For Gaussian errors sigma_i (the split-normal side of c m_i) this is exact:
+
+        -2 ln L = min_c [sum_i ((c m_i - d_i) / sigma_i)^2 + ((c - 1) / s)^2] + ln(1 + s^2 sum_i m_i^2 / sigma_i^2)
+
+    (the marginal is a Gaussian with covariance diag(sigma^2) + s^2 m m^T; its quadratic form is
+    the minimum over c, and its log-determinant the last term, up to a constant). The minimising
+    c* = (sum m d / sigma^2 + 1/s^2) / (sum m^2 / sigma^2 + 1/s^2) is also the conditional
+    posterior mean of c given w, whose conditional variance is 1 / (sum m^2 / sigma^2 + 1/s^2).
+    """
 
     kind = "cxb"
 
-    def __init__(self, name, response, extra, obs, err_lo, err_hi, sys_floor: float = 0.0, label: str = ""):
+    def __init__(self, name, response, extra, obs, err_lo, err_hi, sys_floor: float = 0.0, label: str = "",
+                 norm_sigma: float = 0.0):
         if not (math.isfinite(sys_floor) and 0.0 <= sys_floor < 1.0):
             raise PopsynthError(f"systematic floor of '{name}' must be a fraction in [0, 1), got {sys_floor}",
                                 "pass e.g. 0.03 for 3 %")
+        if not (math.isfinite(norm_sigma) and 0.0 <= norm_sigma < 1.0):
+            raise PopsynthError(f"normalisation uncertainty of '{name}' must be a fraction in [0, 1), got {norm_sigma}",
+                                "pass e.g. 0.1 for 10 %, or 0 to fix the normalisation")
         self.name, self.label = name, label or name
         self.response, self.extra = response, extra
         self.obs, self.err_lo, self.err_hi = obs, err_lo, err_hi
         self.sys_floor = float(sys_floor)
+        self.norm_sigma = float(norm_sigma)
         self.n_points = int(obs.numel())
         self.description = (f"{self.label}: {self.n_points} CXB points, split-normal errors"
-                            + (f" + {100 * sys_floor:g} % systematic floor" if sys_floor else ""))
+                            + (f" + {100 * sys_floor:g} % systematic floor" if sys_floor else "")
+                            + (f", absolute normalisation free with a {100 * norm_sigma:g} % Gaussian prior "
+                               "(marginalised)" if norm_sigma else ""))
 
     def predict(self, w):
         return w @ self.response + self.extra
 
-    def residuals(self, w):
-        pred = self.predict(w)
+    def _sigma(self, pred):
         s = _side_sigma(pred, self.obs, self.err_lo, self.err_hi)
         if self.sys_floor:
             s = torch.sqrt(s ** 2 + (self.sys_floor * self.obs) ** 2)
-        return (pred - self.obs) / s
+        return s
+
+    def normalisation(self, w) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional posterior of the calibration factor given w: mean c* [B] and sd [B]
+        (ones and zeros without a free normalisation). The error side is that of c* m (two passes)."""
+        m = self.predict(w)
+        if not self.norm_sigma:
+            return torch.ones_like(m[:, 0]), torch.zeros_like(m[:, 0])
+        inv_s2 = 1.0 / self.norm_sigma ** 2
+        s = self._sigma(m)
+        for _ in range(2):
+            a = (m * m / s ** 2).sum(-1) + inv_s2
+            c = ((m * self.obs / s ** 2).sum(-1) + inv_s2) / a
+            s = self._sigma(c[:, None] * m)
+        a = (m * m / s ** 2).sum(-1) + inv_s2
+        c = ((m * self.obs / s ** 2).sum(-1) + inv_s2) / a
+        return c, a.rsqrt()
+
+    def predict_observed(self, w):
+        """The model as compared with the data: c* m [B, n] (m without a free normalisation)."""
+        return self.normalisation(w)[0][:, None] * self.predict(w)
+
+    def chi2_of(self, pred):
+        return (((pred - self.obs) / self._sigma(pred)) ** 2).sum(-1)
+
+    def residuals(self, w):
+        if not self.norm_sigma:
+            pred = self.predict(w)
+            return (pred - self.obs) / self._sigma(pred)
+        m = self.predict(w)
+        c, _ = self.normalisation(w)
+        p = c[:, None] * m
+        s = self._sigma(p)
+        x = (self.norm_sigma ** 2) * (m * m / s ** 2).sum(-1, keepdim=True)
+        return torch.cat([(p - self.obs) / s, (c[:, None] - 1.0) / self.norm_sigma, torch.sqrt(torch.log1p(x))], -1)
 
 
 class PoissonTerm(Term):
@@ -134,6 +201,9 @@ class PoissonTerm(Term):
 
     def neg2_loglike(self, w):
         return self.deviance(self.predict(w)).sum(-1)
+
+    def chi2_of(self, pred):
+        return self.deviance(pred).sum(-1)
 
     def residuals(self, w):
         mu = self.predict(w)
@@ -161,8 +231,14 @@ class CovarianceTerm(Term):
         return w @ self.response
 
     def residuals(self, w):
-        d = (self.predict(w) - self.value).T  # [n, B]
+        return self._whitened(self.predict(w))
+
+    def _whitened(self, pred):
+        d = (pred - self.value).T  # [n, B]
         return torch.linalg.solve_triangular(self.chol, d, upper=False).T
+
+    def chi2_of(self, pred):
+        return (self._whitened(pred) ** 2).sum(-1)
 
 
 class CTFractionTerm(Term):
@@ -180,9 +256,17 @@ class CTFractionTerm(Term):
     def predict(self, w):
         return (w @ self.num) / (w @ self.den)
 
-    def residuals(self, w):
-        p = self.predict(w)[:, None]
+    def predict_observed(self, w):
+        return self.predict(w)[:, None]
+
+    def _residuals_of(self, p):
         return (p - self.value) / torch.where(p > self.value, torch.full_like(p, self.err_hi), torch.full_like(p, self.err_lo))
+
+    def residuals(self, w):
+        return self._residuals_of(self.predict_observed(w))
+
+    def chi2_of(self, pred):
+        return (self._residuals_of(pred.reshape(pred.shape[0], 1)) ** 2).sum(-1)
 
 
 @dataclass
@@ -257,6 +341,23 @@ class Likelihood:
     def by_term(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         return {t.name: t.neg2_loglike(w) for t in self.terms}
 
+    def chi2_by_term(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: chi^2 [B]} of each data set's points at w (no prior or normalisation terms)."""
+        return {t.name: t.chi2(w) for t in self.terms}
+
+    def chi2_of_median_prediction(self, w: torch.Tensor) -> dict[str, float]:
+        """{name: chi^2} of the posterior-median model: the median over the samples w [N, 15] of
+        each data point's prediction (:meth:`Term.predict_observed`), compared with the data."""
+        out = {}
+        for t in self.terms:
+            med = torch.quantile(t.predict_observed(w), 0.5, dim=0)[None]
+            out[t.name] = float(t.chi2_of(med)[0])
+        return out
+
+    def normalisations(self, w: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{CXB instrument with a free normalisation: (conditional mean [B], conditional sd [B])}."""
+        return {t.name: t.normalisation(w) for t in self.terms if t.kind == "cxb" and t.norm_sigma}
+
     def to(self, device) -> "Likelihood":
         for t in self.terms:
             t.to(device)
@@ -267,15 +368,17 @@ class Likelihood:
 
 
 # ----------------------------------------------------------------------------- builders
-def cxb_terms(model, data, sys_floor: float | dict = 0.0) -> list[CXBTerm]:
+def cxb_terms(model, data, sys_floor: float | dict = 0.0, norm_sigma: float | dict = 0.0) -> list[CXBTerm]:
     """One :class:`CXBTerm` per instrument from a :class:`popsynth.cxb.CXBModel` at the data energies
-    and a :class:`popsynth.fit.FitData`. sys_floor: one fraction for all, or {dataset name: fraction}."""
+    and a :class:`popsynth.fit.FitData`. sys_floor, norm_sigma: one fraction for all instruments, or
+    {dataset name: fraction}."""
     out = []
     for i, (name, label) in enumerate(zip(data.names, data.labels)):
         sel = data.dataset == i
         f = sys_floor.get(name, 0.0) if isinstance(sys_floor, dict) else sys_floor
+        s = norm_sigma.get(name, 0.0) if isinstance(norm_sigma, dict) else norm_sigma
         out.append(CXBTerm(name, model.response[:, sel], model.extra[sel], data.obs[sel], data.err_lo[sel],
-                           data.err_hi[sel], f, label))
+                           data.err_hi[sel], f, label, norm_sigma=s))
     return out
 
 
@@ -354,6 +457,9 @@ class _SplitNormalPoints(Term):
         p = self.predict(w)
         return (p - self.value) / _side_sigma(p, self.value, self.err_lo, self.err_hi)
 
+    def chi2_of(self, pred):
+        return (((pred - self.value) / _side_sigma(pred, self.value, self.err_lo, self.err_hi)) ** 2).sum(-1)
+
 
 def ct_term(name: str, model, device=None) -> CTFractionTerm:
     """Term of an observed CT fraction from a SurveyModel built by ``build_ct_model``."""
@@ -362,10 +468,12 @@ def ct_term(name: str, model, device=None) -> CTFractionTerm:
                           ct.err_hi, ct.survey)
 
 
-def build_likelihood(model, data, constraints=None, sys_floor: float | dict = 0.0, device=None) -> Likelihood:
-    """CXB terms (one per instrument) + one term per counts table and CT fraction of ``constraints``
-    (a :class:`popsynth.constraints.Constraints`, or None for the CXB alone)."""
-    terms: list[Term] = list(cxb_terms(model, data, sys_floor))
+def build_likelihood(model, data, constraints=None, sys_floor: float | dict = 0.0, device=None,
+                     norm_sigma: float | dict = 0.0) -> Likelihood:
+    """CXB terms (one per instrument, see :class:`CXBTerm` for ``sys_floor`` and ``norm_sigma``) + one
+    term per counts table and CT fraction of ``constraints`` (a
+    :class:`popsynth.constraints.Constraints`, or None for the CXB alone)."""
+    terms: list[Term] = list(cxb_terms(model, data, sys_floor, norm_sigma))
     if constraints is not None:
         for name, m in constraints.models.items():
             terms.append(ct_term(name, m, device) if constraints.is_ct(name) else counts_term(m, device))

@@ -34,7 +34,8 @@ CT_CLASS = len(NH_CLASS_NAMES) - 1  # the Compton-thick N_H class (log N_H 24-26
 
 def build_inference(cfg, prob, device=None) -> tuple[Likelihood, LogWeightPrior]:
     """The run's likelihood (CXB + counts + CT fractions) and prior, from its config and problem."""
-    lik = build_likelihood(prob.model, prob.data, prob.constraints, sys_floor=cfg.sys_floor, device=device)
+    lik = build_likelihood(prob.model, prob.data, prob.constraints, sys_floor=cfg.sys_floor, device=device,
+                           norm_sigma=getattr(cfg, "cxb_norm_sigma", 0.0))
     prior = LogWeightPrior(cfg.weight_prior, getattr(cfg, "smooth_prior", 0.0), smoothness_pairs())
     return lik, prior
 
@@ -68,7 +69,18 @@ def posterior_stage(cfg, prob, lik: Likelihood, prior: LogWeightPrior, w_starts:
 
 
 def _chi2_table(lik: Likelihood, w: torch.Tensor) -> dict:
-    return {n: float(v[0]) for n, v in lik.by_term(w).items()}
+    return {n: float(v[0]) for n, v in lik.chi2_by_term(w).items()}
+
+
+def _normalisation_samples(lik: Likelihood, ws: torch.Tensor, seed: int) -> dict:
+    """Posterior of each free CXB normalisation: c | w is Gaussian (mean c*, sd from
+    :meth:`CXBTerm.normalisation`), so one exact draw per weight sample gives the marginal."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, (mean, sd) in lik.normalisations(ws).items():
+        c = mean + sd * torch.randn(mean.shape, dtype=mean.dtype, generator=gen).to(mean.device)
+        out[name] = {**interval(c), "prior_sigma": lik.term(name).norm_sigma}
+    return out
 
 
 def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path, wall_fit: float) -> dict:
@@ -90,7 +102,8 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
         if t.kind == "ct_fraction":
             observed.append({"survey": t.label, "observed": t.value, "err_lo": t.err_lo, "err_hi": t.err_hi,
                              **{f"model_{k}": v for k, v in interval(t.predict(ws)).items()}})
-    chi_med, chi_best = _chi2_table(lik, w_med), _chi2_table(lik, w_best)
+    chi_med = lik.chi2_of_median_prediction(ws)
+    chi_wmed, chi_best = _chi2_table(lik, w_med), _chi2_table(lik, w_best)
     npts = {t.name: t.n_points for t in lik.terms}
     cxb_names = [t.name for t in lik.group("cxb")]
 
@@ -102,11 +115,20 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
     cubes = {f"phi_p{int(round(100 * p))}": apply_block_weights(prob.phi0, q[i][None], grid)[0].cpu().numpy()
              for i, p in enumerate((0.16, 0.5, 0.84))}
     fit_stats = {
-        "neg2_loglike_at_median": chi_med, "neg2_loglike_at_best_sample": chi_best, "n_points": npts,
+        "chi2_definition": "chi2 (Poisson deviance for binned source numbers) of each data set's points; "
+                           "at_median: of the posterior-median prediction of every point; at_best_sample: at the "
+                           "sample of highest posterior density; at_median_weights: at the per-weight medians (not a "
+                           "typical point of a correlated posterior). CXB predictions include each instrument's "
+                           "normalisation (conditional mean given the weights) when it is free.",
+        "chi2_at_median": chi_med, "chi2_at_best_sample": chi_best, "chi2_at_median_weights": chi_wmed,
+        "n_points": npts,
         "cxb_chi2_at_median": group_sum(chi_med, True), "cxb_points": lik.n_points("cxb"),
         "constraints_chi2_at_median": group_sum(chi_med, False), "constraints_points": lik.n_points("constraints"),
         "cxb_chi2_at_best_sample": group_sum(chi_best, True),
         "constraints_chi2_at_best_sample": group_sum(chi_best, False),
+        "cxb_chi2_at_median_weights": group_sum(chi_wmed, True),
+        "constraints_chi2_at_median_weights": group_sum(chi_wmed, False),
+        "cxb_normalisations": _normalisation_samples(lik, ws, cfg.seed),
     }
     attrs = {"spec_set": cfg.spec_set, "mode": "posterior", "weights": w_mode.tolist(), "block_names": names,
              "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "config": cfg.to_dict(),
@@ -168,12 +190,17 @@ def format_posterior_table(s: dict) -> str:
     lines = [f"Posterior, spectral set {s['spec_set']}: {d['chains']} chains x {d['samples_per_chain']} samples, "
              f"R-hat max {d['r_hat_max']:.4f}, ESS min {d['ess_min']:.0f}, {d['divergences']} divergences",
              f"prior: {s['prior']}",
-             f"{'data set':<46}{'points':>7}{'-2lnL med':>11}{'best':>9}"]
-    for name, v in s["neg2_loglike_at_median"].items():
-        lines.append(f"{name:<46}{s['n_points'][name]:>7}{v:>11.2f}{s['neg2_loglike_at_best_sample'][name]:>9.2f}")
+             f"{'data set':<46}{'points':>7}{'chi2 med':>11}{'best':>9}"]
+    for name, v in s["chi2_at_median"].items():
+        lines.append(f"{name:<46}{s['n_points'][name]:>7}{v:>11.2f}{s['chi2_at_best_sample'][name]:>9.2f}")
     lines.append(f"{'CXB total':<46}{s['cxb_points']:>7}{s['cxb_chi2_at_median']:>11.2f}{s['cxb_chi2_at_best_sample']:>9.2f}")
     lines.append(f"{'counts + CT total':<46}{s['constraints_points']:>7}{s['constraints_chi2_at_median']:>11.2f}"
                  f"{s['constraints_chi2_at_best_sample']:>9.2f}")
+    lines.append("  (med: the posterior-median prediction of each point; best: the highest-density sample)")
+    norms = s.get("cxb_normalisations") or {}
+    if norms:
+        lines.append("CXB normalisation (data / model), posterior median (16-84 %), prior 1 +/- sigma: " + "; ".join(
+            f"{k} {v['median']:.3f} ({v['p16']:.3f}-{v['p84']:.3f}, sigma {v['prior_sigma']:g})" for k, v in norms.items()))
     lines.append(f"{'Observed CT fraction':<34}{'observed %':>18}{'model % (16-84)':>22}")
     for c in s["ct_fractions_observed_vs_model"]:
         obs = f"{100 * c['observed']:.1f} +{100 * c['err_hi']:.1f}/-{100 * c['err_lo']:.1f}"

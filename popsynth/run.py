@@ -83,6 +83,7 @@ class RunConfig:
     warmup: int = 300  # posterior: warm-up iterations per chain (pilot and main run each)
     samples: int = 1600  # posterior: kept iterations per chain
     smooth_prior: float = 0.0  # posterior: dex; ties adjacent luminosity blocks (0 = off)
+    cxb_norm_sigma: float = 0.1  # posterior: 1-sigma prior on each CXB instrument's absolute normalisation (0 = fixed)
     select_chi2_max: float | None = None  # a19: only starts with CXB chi2 below this are selectable
     counts: tuple = DEFAULT_COUNTS
     use_ct: bool = True
@@ -174,6 +175,10 @@ class RunConfig:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
             raise PopsynthError(f"--smooth-prior must be a finite width in dex >= 0, got {v!r}",
                                 "pass e.g. --smooth-prior 0.5, or 0 for none")
+        v = self.cxb_norm_sigma
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v < 1):
+            raise PopsynthError(f"--cxb-norm-sigma must be a fraction in [0, 1), got {v!r}",
+                                "pass e.g. --cxb-norm-sigma 0.1 (10 %), or 0 to fix each instrument's normalisation")
         v = self.select_chi2_max
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):
             raise PopsynthError(f"--select-chi2-max must be a finite chi2 > 0, got {v!r}", "pass e.g. --select-chi2-max 74")

@@ -117,3 +117,68 @@ def test_likelihood_sums_terms_and_residuals():
     assert lik.n_points() == 3 and lik.n_points("cxb") == 0
     with pytest.raises(PopsynthError, match="duplicate"):
         Likelihood([t1, t1])
+
+
+def _norm_term(s, sym=True, n=12, seed=5):
+    rng = np.random.default_rng(seed)
+    resp = torch.as_tensor(rng.uniform(0.5, 2.0, size=(3, n)))
+    extra = torch.as_tensor(rng.uniform(0.0, 0.2, size=n))
+    obs = torch.as_tensor(rng.uniform(3.0, 5.0, size=n))
+    lo = torch.as_tensor(rng.uniform(0.1, 0.3, size=n))
+    hi = lo if sym else lo * 1.5
+    return CXBTerm("x", resp, extra, obs, lo, hi, norm_sigma=s)
+
+
+def test_cxb_normalisation_is_marginalised_exactly():
+    """A free calibration factor c ~ N(1, s^2) per instrument, marginalised: for symmetric errors
+    -2 ln L must equal the Gaussian marginal with covariance D + s^2 m m^T, i.e.
+    (d - m)^T C^-1 (d - m) + ln det C - ln det D (the constant ln det D dropped), by hand with numpy."""
+    s = 0.1
+    t = _norm_term(s)
+    w = torch.tensor([[1.0, 0.5, 0.8], [0.3, 1.2, 0.9]], dtype=D)
+    got = t.neg2_loglike(w).numpy()
+    sig2 = t.err_lo.numpy() ** 2
+    for b in range(2):
+        m = t.predict(w)[b].numpy()
+        d = t.obs.numpy()
+        cov = np.diag(sig2) + s ** 2 * np.outer(m, m)
+        r = d - m
+        want = r @ np.linalg.solve(cov, r) + np.linalg.slogdet(cov)[1] - np.log(sig2).sum()
+        assert got[b] == pytest.approx(want, rel=1e-10)
+    # the conditional mean of c is the minimiser of the c-dependent chi2 (a fine scan), its sd the curvature
+    c, sd = t.normalisation(w[:1])
+    m, d = t.predict(w[:1])[0].numpy(), t.obs.numpy()
+    grid = np.linspace(0.5, 1.5, 200001)
+    q = (((grid[:, None] * m - d) ** 2) / sig2).sum(1) + ((grid - 1) / s) ** 2
+    assert float(c) == pytest.approx(grid[np.argmin(q)], abs=1e-5)
+    assert float(sd) == pytest.approx(1 / math.sqrt((m * m / sig2).sum() + 1 / s ** 2), rel=1e-12)
+    # chi2 of the points alone uses the normalised model c* m
+    assert float(t.chi2(w[:1])) == pytest.approx((((float(c) * m - d) ** 2) / sig2).sum(), rel=1e-12)
+
+
+def test_cxb_normalisation_limits_and_errors():
+    """s -> 0 recovers the fixed-normalisation chi2; s = 0 is exactly it; bad widths are refused."""
+    w = torch.tensor([[1.0, 0.5, 0.8]], dtype=D)
+    fixed = _norm_term(0.0, sym=False)
+    tiny = _norm_term(1e-7, sym=False)
+    assert float(tiny.neg2_loglike(w)) == pytest.approx(float(fixed.neg2_loglike(w)), rel=1e-6)
+    assert float(fixed.normalisation(w)[0]) == 1.0 and float(fixed.chi2(w)) == float(fixed.neg2_loglike(w))
+    for bad in (-0.1, 1.0, float("inf")):
+        with pytest.raises(PopsynthError, match="normalisation uncertainty"):
+            _norm_term(bad)
+
+
+def test_chi2_of_the_median_prediction():
+    """For one sample the median prediction is that sample's; for three, the per-point median."""
+    t = _norm_term(0.1)
+    ct = CTFractionTerm("ct", torch.tensor([1.0, 0.0, 0.0], dtype=D), torch.tensor([1.0, 1.0, 1.0], dtype=D), 0.3, 0.05, 0.1)
+    lik = Likelihood([t, ct])
+    w = torch.tensor([[1.0, 0.5, 0.8], [0.3, 1.2, 0.9], [0.6, 0.6, 0.6]], dtype=D)
+    one = lik.chi2_of_median_prediction(w[:1])
+    assert one["x"] == pytest.approx(float(t.chi2(w[:1])), rel=1e-12)
+    assert one["ct"] == pytest.approx(float(ct.neg2_loglike(w[:1])), rel=1e-12)
+    med = torch.quantile(t.predict_observed(w), 0.5, dim=0)
+    assert lik.chi2_of_median_prediction(w)["x"] == pytest.approx(float(t.chi2_of(med[None])), rel=1e-12)
+    f = (w[:, 0] / w.sum(1)).median()
+    want = ((float(f) - 0.3) / (0.1 if float(f) > 0.3 else 0.05)) ** 2
+    assert lik.chi2_of_median_prediction(w)["ct"] == pytest.approx(want, rel=1e-12)
