@@ -259,7 +259,7 @@ def forecast_survey(r, survey: Survey, max_samples: int = 400, seed: int = 0, ta
     masks = grid.block_masks("cpu")  # [15, nL, nN]
     cell_n = m.dlognh * m.nh_share  # [nN], CT share of each N_H cell
     sel, vol, dvol = m.selection, m.vol, m.dvol * (m.z_weights > 0).to(m.dvol.dtype)
-    phi0 = prob.phi0
+    phi0 = m.on_model_z(prob.phi0)  # the XLF at the survey model's z nodes (refined at low z)
     dl = m.dlogl
     resp_dz_ct = torch.einsum("zln,zln,l,n,kln->kz", phi0, sel, dl, cell_n, masks) * dvol
     resp_l = torch.einsum("zln,zln,n,kln,z->kl", phi0, sel, m.dlognh, masks, vol)

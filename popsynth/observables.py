@@ -70,6 +70,7 @@ __all__ = [
     "band_flux_factor",
     "SurveyModel",
     "build_survey_model",
+    "refine_z",
     "build_counts_model",
     "build_ct_model",
     "counts_chi2",
@@ -118,7 +119,7 @@ def _check_table(table: SpectralTable, grid: Grid) -> None:
 
 
 def band_flux_factor(table: SpectralTable, grid: Grid, band_keV, cosmology: CosmologyParams = CosmologyParams(),
-                     z_used=None, device=None) -> torch.Tensor:
+                     z_used=None, device=None, z=None) -> torch.Tensor:
     """Observed band energy flux per unit intrinsic L(2-10 keV): K[d, z, n] in cm^-2.
 
     K = KEV_ERG / (4 pi d_L(z)^2) * integral_{E1(1+z)}^{E2(1+z)} E S_d(E) dE, with S_d the
@@ -132,6 +133,7 @@ def band_flux_factor(table: SpectralTable, grid: Grid, band_keV, cosmology: Cosm
       z_used: optional bool array [nz]: nodes whose K is needed. The band times (1+z) must lie
         in the table's energy range at these nodes (default: all nodes); other nodes get K
         from clamped energies and must not be used.
+      z: optional redshifts [nz] to use instead of the grid's nodes (e.g. :func:`refine_z`'s).
     Returns float64 [D, nz, nN] on ``device`` (default: the table's device).
     Raises PopsynthError if the band edges times (1+z) leave the table's energy range.
     """
@@ -139,7 +141,7 @@ def band_flux_factor(table: SpectralTable, grid: Grid, band_keV, cosmology: Cosm
     _check_table(table, grid)
     dev = table.energy.device if device is None else torch.device(device)
     energy = table.energy.to(dev, DTYPE)
-    z = np.asarray(grid.z)
+    z = np.asarray(grid.z if z is None else z, dtype=np.float64)
     used = np.ones(z.size, bool) if z_used is None else np.asarray(z_used, bool)
     if used.any():
         need_lo, need_hi = e1 * (1 + z[used].min()), e2 * (1 + z[used].max())
@@ -168,6 +170,45 @@ def band_flux_factor(table: SpectralTable, grid: Grid, band_keV, cosmology: Cosm
     d_l = distance_tables(z, cosmology, device=dev)["d_l_cm"]
     k = band * KEV_ERG / (4 * math.pi * d_l ** 2)
     return k.permute(0, 2, 1).contiguous()
+
+
+Z_MAX_REL_STEP = 0.1
+"""Default of :func:`build_survey_model`: survey integrals over z use sub-nodes with
+(z_{i+1} - z_i) / z_i <= 0.1 (see :func:`refine_z`)."""
+
+
+def refine_z(z, max_rel_step: float | None = Z_MAX_REL_STEP) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-nodes for the z integrals of flux-selected observables, and the interpolation matrix.
+
+    A flux-limited count changes with the luminosity distance: between the grid's low-z nodes
+    (0.002, 0.007, ... in steps of 0.005) d_L^2 changes by up to a factor 12, so a trapezoid over
+    the nodes misses the bright counts by several per cent. Each interval [z_i, z_i+1] is split
+    into ceil((z_i+1 - z_i) / (max_rel_step z_i)) equal steps (none when ``max_rel_step`` is None);
+    the XLF between the grid's nodes is the linear interpolant the engine assumes everywhere, and
+    distances and band fluxes are evaluated exactly at every sub-node.
+
+    Returns (z_fine [nf] including every grid node, P [nf, nz] with phi(z_fine) = P @ phi(z)).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if max_rel_step is None:
+        return z.copy(), np.eye(z.size)
+    if not (isinstance(max_rel_step, (int, float)) and math.isfinite(max_rel_step) and max_rel_step > 0):
+        raise PopsynthError(f"z_max_rel_step must be a finite number > 0 or None, got {max_rel_step!r}",
+                            f"pass e.g. {Z_MAX_REL_STEP}")
+    rows, zf = [], []
+    for i in range(z.size - 1):
+        n = max(1, int(math.ceil((z[i + 1] - z[i]) / (max_rel_step * z[i]) - 1e-12)))
+        for k in range(n):
+            s = k / n
+            zf.append(z[i] + s * (z[i + 1] - z[i]))
+            r = np.zeros(z.size)
+            r[i], r[i + 1] = 1 - s, s
+            rows.append(r)
+    zf.append(z[-1])
+    r = np.zeros(z.size)
+    r[-1] = 1.0
+    rows.append(r)
+    return np.asarray(zf), np.stack(rows)
 
 
 def _check_fluxes(fluxes, what="fluxes") -> np.ndarray:
@@ -264,7 +305,9 @@ class SurveyModel:
       cum_response [15, nS]: N(>S) per unit weight (deg^-2) -> :meth:`cumulative`;
       diff_response [15, nS]: dN/dS per unit weight (deg^-2 (erg cm^-2 s^-1)^-1) -> :meth:`differential`;
       bin_lo, bin_hi [nb], bin_response [15, nb]: bin-averaged dN/dS -> :meth:`binned_differential`;
-      z [nz], z_weights [nz]: the grid's z nodes and the quadrature weights of the survey's z range;
+      z [nz], z_weights [nz]: the z nodes of the survey's integrals (the grid's nodes refined at low z,
+        :func:`refine_z`) and their quadrature weights over the survey's z range;
+      z_interp [nz, nz_grid]: linear interpolation from the grid's z nodes to ``z`` (phi(z) = z_interp @ phi);
       dndz_response [15, nz]: dN/dz of the selected sample per unit weight (deg^-2 per unit z);
       sample_response, ct_response [15]: selected sources per deg^2, all and above the N_H threshold;
       intrinsic_response, intrinsic_ct_response [15]: the same with no flux selection;
@@ -298,6 +341,7 @@ class SurveyModel:
     logl_edges: torch.Tensor
     dlogl: torch.Tensor
     dlognh: torch.Tensor
+    z_interp: torch.Tensor = None
     target: str = "cumulative"
     data: object = field(default=None, repr=False)
 
@@ -372,29 +416,38 @@ class SurveyModel:
         return counts_chi2(self.predict(w), self.data)
 
     # ---------------------------------------------------------------- full-cube predictions
+    def on_model_z(self, phi: torch.Tensor) -> torch.Tensor:
+        """Cubes on the grid's z nodes [B, nz_grid, nL, nN] (or one cube [nz_grid, nL, nN])
+        interpolated to the model's z nodes ``z``: [B, nz, nL, nN] (or [nz, nL, nN])."""
+        nzg = self.z_interp.shape[1]
+        single = isinstance(phi, torch.Tensor) and phi.ndim == 3
+        phi = _check_cube(phi, (nzg, self.dlogl.numel(), self.dlognh.numel()), self.device)
+        out = torch.einsum("fz,bzln->bfln", self.z_interp, phi)
+        return out[0] if single else out
+
     def cumulative_cube(self, phi: torch.Tensor) -> torch.Tensor:
-        """N(>S) at ``fluxes`` (deg^-2) for cubes phi [B, nz, nL, nN] (Mpc^-3 dex^-2) -> [B, nS].
+        """N(>S) at ``fluxes`` (deg^-2) for cubes phi [B, nz_grid, nL, nN] (Mpc^-3 dex^-2, on the grid's
+        z nodes) -> [B, nS].
 
         Memory: B * nz * nN * nS doubles per draw.
         """
-        phi = _check_cube(phi, (self.z.numel(), self.dlogl.numel(), self.dlognh.numel()), self.device)
-        return _cumulative_from_cube(phi, self)[0]
+        return _cumulative_from_cube(self.on_model_z(phi), self)[0]
 
     def differential_cube(self, phi: torch.Tensor) -> torch.Tensor:
-        """dN/dS at ``fluxes`` for cubes phi [B, nz, nL, nN] -> [B, nS]."""
-        phi = _check_cube(phi, (self.z.numel(), self.dlogl.numel(), self.dlognh.numel()), self.device)
-        return _cumulative_from_cube(phi, self)[1]
+        """dN/dS at ``fluxes`` for cubes phi [B, nz_grid, nL, nN] -> [B, nS]."""
+        return _cumulative_from_cube(self.on_model_z(phi), self)[1]
 
     def dndz_cube(self, phi: torch.Tensor) -> torch.Tensor:
-        """dN/dz of the selected sample for cubes phi [B, nz, nL, nN] -> [B, nz] (deg^-2 per unit z)."""
-        phi = _check_cube(phi, (self.z.numel(), self.dlogl.numel(), self.dlognh.numel()), self.device)
+        """dN/dz of the selected sample for cubes phi [B, nz_grid, nL, nN] -> [B, nz] at the model's z
+        nodes (deg^-2 per unit z)."""
+        phi = self.on_model_z(phi)
         mask = (self.z_weights > 0).to(DTYPE)
         return torch.einsum("bzln,zln,l,n,z->bz", phi, self.selection, self.dlogl, self.dlognh, self.dvol * mask)
 
     def ct_fraction_cube(self, phi: torch.Tensor) -> torch.Tensor:
-        """Observed CT fraction for cubes phi [B, nz, nL, nN] -> [B]."""
+        """Observed CT fraction for cubes phi [B, nz_grid, nL, nN] -> [B]."""
         self._require_sample()
-        phi = _check_cube(phi, (self.z.numel(), self.dlogl.numel(), self.dlognh.numel()), self.device)
+        phi = self.on_model_z(phi)
         per_n = torch.einsum("bzln,zln,l,z->bn", phi, self.selection, self.dlogl, self.vol) * self.dlognh
         return (per_n * self.nh_share).sum(-1) / per_n.sum(-1)
 
@@ -467,7 +520,8 @@ def _selection_share(survey: Survey, log_k: torch.Tensor, edges: torch.Tensor, d
 
 def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: SpectralTable, fluxes=None,
                        flux_bins=None, nh_threshold: float = 1e24,
-                       cosmology: CosmologyParams = CosmologyParams(), device=None) -> SurveyModel:
+                       cosmology: CosmologyParams = CosmologyParams(), device=None,
+                       z_max_rel_step: float | None = Z_MAX_REL_STEP) -> SurveyModel:
     """Precompute a survey's block responses (see the module docstring).
 
     Args:
@@ -481,6 +535,8 @@ def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: Sp
       flux_bins: optional (lo [nb], hi [nb]) bin edges for bin-averaged dN/dS.
       nh_threshold: CT threshold in cm^-2 (1e24 default; any value, e.g. 1.5e24).
       device: where the tensors live (default: phi0's device).
+      z_max_rel_step: the z integrals run over the grid's nodes refined to steps
+        dz / z <= this (:func:`refine_z`; None: the grid's nodes only).
     Returns a :class:`SurveyModel`. Set-up cost on 2 CPU cores with the default grid and D = 64
     draws (measured): about 0.3 s for a sample (CT fraction, dN/dz) and 0.5-2 s for 8-24 fluxes.
     """
@@ -512,11 +568,14 @@ def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: Sp
         if lo.shape != hi.shape or np.any(hi <= lo):
             raise PopsynthError("flux_bins need lo < hi bin by bin, arrays of equal length", "check the bin edges")
 
-    wz_np = z_range_weights(grid.z, survey.z_range)
+    z_nodes, interp = refine_z(grid.z, z_max_rel_step)
+    z_interp = as_tensor(interp, dev)
+    phi0 = torch.einsum("fz,zln->fln", z_interp, phi0)  # the XLF at the model's z nodes
+    wz_np = z_range_weights(z_nodes, survey.z_range)
     used = wz_np > 0
-    log_k = torch.log10(band_flux_factor(table, grid, survey.band_keV, cosmology, z_used=used, device=dev)
+    log_k = torch.log10(band_flux_factor(table, grid, survey.band_keV, cosmology, z_used=used, device=dev, z=z_nodes)
                         .clamp_min(1e-300))
-    dist = distance_tables(grid.z, cosmology, device=dev)
+    dist = distance_tables(z_nodes, cosmology, device=dev)
     dvol = dist["dvc_dz_dsr_mpc3"] * SR_PER_DEG2
     wz = as_tensor(wz_np, dev)
     vol = wz * dvol
@@ -540,10 +599,10 @@ def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: Sp
     intr_ct = torch.einsum("zln,ln,n,kln,z->k", phi0, cell, share, masks, vol)
     return SurveyModel(
         survey=survey, nh_threshold=thr, fluxes=as_tensor(s, dev), cum_response=cum[:, :ns], diff_response=dif[:, :ns],
-        bin_lo=as_tensor(lo, dev), bin_hi=as_tensor(hi, dev), bin_response=bin_resp, z=as_tensor(grid.z, dev),
+        bin_lo=as_tensor(lo, dev), bin_hi=as_tensor(hi, dev), bin_response=bin_resp, z=as_tensor(z_nodes, dev),
         z_weights=wz, dndz_response=dndz, sample_response=sample, ct_response=ct, intrinsic_response=intr,
         intrinsic_ct_response=intr_ct, log_k=log_k, selection=sel, nh_share=share, vol=vol, dvol=dvol,
-        logl_edges=edges, dlogl=dl, dlognh=dn)
+        logl_edges=edges, dlogl=dl, dlognh=dn, z_interp=z_interp)
 
 
 def build_counts_model(data, grid: Grid, phi0: torch.Tensor, table: SpectralTable, survey: Survey | None = None,

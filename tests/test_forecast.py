@@ -45,7 +45,7 @@ def test_forecast_equals_survey_model(ctx):
     dl = np.asarray(prob.grid.dlogl)
     np.testing.assert_allclose(fc.dn_dlogl @ dl, fc.n_agn, rtol=1e-10)
     np.testing.assert_allclose(fc.dn_dlogl_ct @ dl, fc.n_ct, rtol=1e-10)
-    assert (fc.dn_dz[:, prob.grid.z > 3.05] == 0).all()  # outside the z range
+    assert (fc.dn_dz[:, fc.z > 3.05] == 0).all()  # outside the z range
     assert np.all(np.diff(fc.n_detected, axis=-1) <= 0)
 
 
