@@ -682,7 +682,10 @@ def plot_sweep(table, path) -> Path | None:
         y = np.asarray(table[col], dtype=float)
         if np.isfinite(y).any():
             ax1.plot(x, y, marker, label=label, ls="none")
-    ax1.set_ylabel("chi2 (posterior runs: -2 ln L at the median)")
+    points = {str(p) for p, st in zip(table["fit_point"], table["status"]) if st in ("done", "reused")}
+    ax1.set_ylabel({"selected start": "chi2 of the selected start",
+                    "posterior median": "-2 ln L at the posterior median"}.get(
+        points.pop() if len(points) == 1 else "", "chi2 (posterior runs: -2 ln L at the median)"))
     if np.isfinite(np.asarray(table["chi2_cxb_total"], dtype=float)).any():
         ax1.set_yscale("log")
     for i in np.nonzero(failed)[0]:
