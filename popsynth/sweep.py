@@ -82,8 +82,8 @@ COLUMN_DESCRIPTIONS = {
     "name": "configuration name = its output folder under the sweep folder",
     "status": "done (ran in this sweep), reused (finished before, not run again) or failed",
     "error": "one-line error of a failed configuration ('' otherwise)",
-    "fit_point": "where the chi2 columns are evaluated: 'posterior median' (mode posterior, -2 ln L) "
-                 "or 'selected start' (modes a19, joint, cxb)",
+    "fit_point": "where the chi2 columns are evaluated: 'posterior median' (mode posterior: the posterior-median "
+                 "prediction) or 'selected start' (modes a19, joint, cxb)",
     "chi2_cxb_total": "CXB chi2 summed over the data sets",
     "cxb_points": "number of CXB points",
     "chi2_counts": "number-count chi2 (sum over the counts tables; NaN without counts)",
@@ -547,8 +547,9 @@ def one_line_error(exc: BaseException) -> str:
 def summary_row(summary: dict | None, datasets=None) -> dict:
     """The numeric columns of one configuration from its summary.json (NaN where absent).
 
-    Posterior runs: -2 ln L per data set and totals at the posterior median
-    (``neg2_loglike_at_median``, ``cxb_chi2_at_median``, ``constraints_chi2_at_median``); runs
+    Posterior runs: chi2 per data set and totals of the posterior-median prediction
+    (``chi2_at_median``, or ``neg2_loglike_at_median`` in summaries of older versions;
+    ``cxb_chi2_at_median``, ``constraints_chi2_at_median``); runs
     of modes a19, joint and cxb: chi2 of the selected start (``chi2_cxb``, ``chi2_total``,
     ``chi2_constraints``). CT fractions: median, p16, p84 of ``ct_fraction_z0.1`` and
     ``ct_fraction_z1.0`` (posterior samples, or converged starts). ``datasets``: the CXB data
@@ -567,7 +568,7 @@ def summary_row(summary: dict | None, datasets=None) -> dict:
     if not summary:
         return row
     if summary.get("mode") == "posterior":
-        per = dict(summary.get("neg2_loglike_at_median", {}))
+        per = dict(summary.get("chi2_at_median", summary.get("neg2_loglike_at_median", {})))
         cxb = {d: per.pop(d) for d in list(per) if d in datasets}
         cons = per
         row.update(chi2_cxb_total=summary.get("cxb_chi2_at_median", nan), cxb_points=summary.get("cxb_points", -1),
@@ -684,8 +685,8 @@ def plot_sweep(table, path) -> Path | None:
             ax1.plot(x, y, marker, label=label, ls="none")
     points = {str(p) for p, st in zip(table["fit_point"], table["status"]) if st in ("done", "reused")}
     ax1.set_ylabel({"selected start": "chi2 of the selected start",
-                    "posterior median": "-2 ln L at the posterior median"}.get(
-        points.pop() if len(points) == 1 else "", "chi2 (posterior runs: -2 ln L at the median)"))
+                    "posterior median": "chi2 at the posterior median"}.get(
+        points.pop() if len(points) == 1 else "", "chi2 (selected start, or posterior median)"))
     if np.isfinite(np.asarray(table["chi2_cxb_total"], dtype=float)).any():
         ax1.set_yscale("log")
     for i in np.nonzero(failed)[0]:
@@ -819,15 +820,15 @@ def run_sweep(sweep: Sweep, out=None, workers: int | None = None, scheduler: str
         else:
             rows.append(make_row(c, "pending", grid_fields=grid_fields))
     todo = [i for i, s in enumerate(states) if s != "finished"]
+    client, cluster = _client(scheduler, workers) if todo else (None, None)
     table_path = out / TABLE_FILE
-    out.mkdir(parents=True, exist_ok=True)
-    write_table(build_table(rows, meta), table_path)
-    log(f"sweep {sweep.source}: {len(confs)} configurations, {len(confs) - len(todo)} finished before, "
-        f"{len(todo)} to run, in {out}")
     n_failed = 0
-    if todo:
-        client, cluster = _client(scheduler, workers)
-        try:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(build_table(rows, meta), table_path)
+        log(f"sweep {sweep.source}: {len(confs)} configurations, {len(confs) - len(todo)} finished before, "
+            f"{len(todo)} to run, in {out}")
+        if todo:
             from distributed import as_completed
 
             token = uuid.uuid4().hex[:8]
@@ -852,10 +853,11 @@ def run_sweep(sweep: Sweep, out=None, workers: int | None = None, scheduler: str
                         f"CXB chi2 {r['chi2_cxb_total']:.1f}, counts+CT chi2 {r['chi2_constraints_total']:.1f}, "
                         f"CT fraction to z=0.1 {r['ct_fraction_z0.1_median']:.3f}")
                 log(f"[{k}/{len(todo)}] {confs[i].name}: {what}")
-        finally:
+    finally:
+        if client is not None:
             client.close()
-            if cluster is not None:
-                cluster.close()
+        if cluster is not None:
+            cluster.close()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     table = build_table(rows, meta)
     write_table(table, table_path)

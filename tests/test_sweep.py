@@ -104,10 +104,11 @@ def test_configurations_product_order_defaults_and_collisions(tmp_path):
     assert "share the folder name 'torus_table-t'" in _error(clash.configurations, tmp_path)
 
 
-def test_summary_row_of_a_posterior_run():
+@pytest.mark.parametrize("key", ["chi2_at_median", "neg2_loglike_at_median"])  # today's and older summaries
+def test_summary_row_of_a_posterior_run(key):
     s = {"mode": "posterior", "cxb_chi2_at_median": 6.0, "cxb_points": 74, "constraints_chi2_at_median": 9.0,
          "constraints_points": 56,
-         "neg2_loglike_at_median": {"chandra_cosmos": 1.0, "rxte": 2.0, "swift_bat": 3.0, "bat105": 4.0, "ct:nustar": 5.0},
+         key: {"chandra_cosmos": 1.0, "rxte": 2.0, "swift_bat": 3.0, "bat105": 4.0, "ct:nustar": 5.0},
          "ct_fraction_z0.1": {"median": 0.5, "p16": 0.4, "p84": 0.6, "mode": 0.55},
          "ct_fraction_z1.0": {"median": 0.52, "p16": 0.45, "p84": 0.61}}
     r = summary_row(s)
@@ -121,13 +122,16 @@ def test_summary_row_of_a_posterior_run():
 
 SWEEP_TOML = """\
 [fixed]
-mode = "joint"
 starts = 3
 steps = 4
+chains = 2
+warmup = 10
+samples = 10
 [grid]
-seed = [0, 1]
+mode = ["joint", "posterior"]
 draws = [2, 20000]   # 20000 draws: above the limit, refused by the worker (the failing configuration)
 """
+NAMES = ["draws-2__mode-joint", "draws-20000__mode-joint", "draws-2__mode-posterior", "draws-20000__mode-posterior"]
 
 
 @pytest.fixture(scope="module")
@@ -143,29 +147,37 @@ def test_tiny_sweep_table_matches_each_run(tiny_sweep):
     d, res, lines = tiny_sweep
     t = read_table(d / "out" / "sweep.ecsv")
     assert len(t) == 4 and res.n_run == 4 and res.n_reused == 0 and res.n_failed == 2
-    assert list(t["name"]) == ["seed-0__draws-2", "seed-0__draws-20000", "seed-1__draws-2", "seed-1__draws-20000"]
-    assert list(t["seed"]) == [0, 0, 1, 1] and list(t["draws"]) == [2, 20000, 2, 20000]
-    assert t.meta["fixed"] == {"mode": "joint", "starts": 3, "steps": 4} and t.meta["grid"] == {"seed": [0, 1], "draws": [2, 20000]}
-    done = [row for row in t if row["status"] == "done"]
-    assert len(done) == 2
-    for row in done:
+    assert list(t["name"]) == NAMES
+    assert list(t["mode"]) == ["joint", "joint", "posterior", "posterior"] and list(t["draws"]) == [2, 20000] * 2
+    assert t.meta["fixed"] == {"starts": 3, "steps": 4, "chains": 2, "warmup": 10, "samples": 10}
+    assert t.meta["grid"] == {"mode": ["joint", "posterior"], "draws": [2, 20000]}
+    done = {row["mode"]: row for row in t if row["status"] == "done"}
+    assert sorted(done) == ["joint", "posterior"]
+    for mode, row in done.items():
         s = json.loads((Path(row["out"]) / "summary.json").read_text())
-        assert s["seed"] == row["seed"] and s["spectra"]["n_draws"] == 2
-        for name, chi in s["chi2_cxb"].items():
+        assert s["mode"] == mode and s["n_starts"] == 3 and s["spectra"]["n_draws"] == 2
+        if mode == "joint":  # the selected start
+            per, cxb_total, cons_total, fit_point = s["chi2_cxb"], s["chi2_total"], s["chi2_constraints_total"], \
+                "selected start"
+            cons = s["chi2_constraints"]
+        else:  # the posterior-median prediction
+            per = {k: v for k, v in s["chi2_at_median"].items() if k in ("chandra_cosmos", "rxte", "swift_bat")}
+            cons = {k: v for k, v in s["chi2_at_median"].items() if k not in per}
+            cxb_total, cons_total, fit_point = s["cxb_chi2_at_median"], s["constraints_chi2_at_median"], \
+                "posterior median"
+        assert sorted(per) == ["chandra_cosmos", "rxte", "swift_bat"]
+        for name, chi in per.items():
             assert row[f"chi2_cxb_{name}"] == chi
-        assert row["chi2_cxb_total"] == s["chi2_total"] and row["cxb_points"] == 74
-        cons = s["chi2_constraints"]
+        assert row["chi2_cxb_total"] == cxb_total and row["cxb_points"] == 74 and row["fit_point"] == fit_point
         assert row["chi2_ct"] == pytest.approx(sum(v for k, v in cons.items() if k.startswith("ct:")), rel=1e-15)
         assert row["chi2_counts"] == pytest.approx(sum(v for k, v in cons.items() if not k.startswith("ct:")), rel=1e-15)
-        assert row["chi2_constraints_total"] == s["chi2_constraints_total"]
+        assert row["chi2_constraints_total"] == cons_total
         assert row["chi2_counts"] + row["chi2_ct"] == pytest.approx(row["chi2_constraints_total"], rel=1e-12)
         for z in ("0.1", "1.0"):
             for q in ("median", "p16", "p84"):
                 assert row[f"ct_fraction_z{z}_{q}"] == s[f"ct_fraction_z{z}"][q]
-        assert row["wall_seconds"] == s["wall_seconds"] and row["fit_point"] == "selected start"
-        assert json.loads((Path(row["out"]) / "sweep_config.json").read_text())["seed"] == row["seed"]
-    # the two seeds are different fits
-    assert done[0]["chi2_cxb_total"] != done[1]["chi2_cxb_total"]
+        assert row["wall_seconds"] == s["wall_seconds"]
+        assert json.loads((Path(row["out"]) / "sweep_config.json").read_text())["mode"] == mode
     assert any("failed" in ln for ln in lines) and any("done in" in ln for ln in lines)
     if res.figure_path is not None:
         assert res.figure_path.stat().st_size > 10_000
@@ -175,7 +187,7 @@ def test_failing_configuration_is_recorded_not_fatal(tiny_sweep):
     d, _, _ = tiny_sweep
     t = read_table(d / "out" / "sweep.ecsv")
     failed = [row for row in t if row["status"] == "failed"]
-    assert [row["name"] for row in failed] == ["seed-0__draws-20000", "seed-1__draws-20000"]
+    assert [row["name"] for row in failed] == [NAMES[1], NAMES[3]]
     for row in failed:
         assert "--draws 20000 is above the limit" in row["error"]
         assert math.isnan(row["chi2_cxb_total"]) and math.isnan(row["ct_fraction_z0.1_median"])
@@ -214,8 +226,8 @@ def test_dry_run_lists_states(tiny_sweep, capsys):
     d, _, _ = tiny_sweep
     assert main([str(d / "tiny.toml"), "--out", str(d / "out"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "finished   " + str(d / "out" / "seed-0__draws-2") in out
-    assert "unfinished " + str(d / "out" / "seed-0__draws-20000") in out and "4 configurations" in out
+    assert "finished   " + str(d / "out" / NAMES[0]) in out and "finished   " + str(d / "out" / NAMES[2]) in out
+    assert "unfinished " + str(d / "out" / NAMES[1]) in out and "4 configurations" in out
 
 
 def test_interrupted_configuration_resumes_and_damaged_checkpoint_restarts(tmp_path):
