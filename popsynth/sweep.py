@@ -802,7 +802,7 @@ def run_sweep(sweep: Sweep, out=None, workers: int | None = None, scheduler: str
 
     t0 = time.time()
     out = Path(out or sweep.out or Path("sweeps") / Path(sweep.source).stem)
-    workers = workers or sweep.workers or 2
+    workers = workers if workers is not None else (sweep.workers or 2)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise PopsynthError(f"--workers must be an integer >= 1, got {workers!r}", "pass e.g. --workers 2")
     confs = sweep.configurations(out)
@@ -880,9 +880,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="sweep file (TOML): [fixed] options, [grid] lists of values, optional [sweep] out/workers")
     p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler (default: a new LocalCluster)")
-    p.add_argument("--workers", type=int, help="LocalCluster workers, one thread each (default: [sweep] workers, else 2)")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per task (default 1)")
-    p.add_argument("--out", help="sweep folder (default: [sweep] out, else sweeps/<file stem>)")
+    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers, one thread each (default: [sweep] workers, else 2)")
+    p.add_argument("--torch-threads", type=int, default=1, metavar="N", help="torch threads per task (default 1)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default: [sweep] out, else sweeps/<file stem>)")
     p.add_argument("--no-figure", action="store_true", help="do not draw sweep.png")
     p.add_argument("--dry-run", action="store_true", help="check the file, list the configurations and their state, run nothing")
     return p

@@ -269,3 +269,7 @@ def test_cli_reports_bad_file_on_one_line(tmp_path, capsys):
     assert main([str(p)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "spectral_model" in err and "'pexmon'" in err and "transmitted" in err
+    p.write_text("[grid]\nseed = [0]\n")
+    assert main([str(p), "--workers", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--workers must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
