@@ -275,6 +275,7 @@ class Sweep:
             label = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "the fixed options"
             try:
                 cfg.validate()
+                _check_bounds(cfg)
             except PopsynthError as err:
                 raise PopsynthError(f"{self.source}: configuration {label}: {err.what}", err.fix) from None
             if name in seen:
@@ -284,6 +285,17 @@ class Sweep:
             seen[name] = label
             result.append(Configuration(name, options, cfg))
         return result
+
+
+def _check_bounds(cfg) -> None:
+    """The machine-independent bounds of a run (MAX_STARTS, MAX_DRAWS); the memory a run needs
+    is checked by the worker that runs it (workers may be other machines)."""
+    from .run import MAX_DRAWS, MAX_STARTS
+
+    if cfg.starts > MAX_STARTS:
+        raise PopsynthError(f"--starts {cfg.starts} is above the limit of {MAX_STARTS}", "use fewer starts")
+    if cfg.draws > MAX_DRAWS:
+        raise PopsynthError(f"--draws {cfg.draws} is above the limit of {MAX_DRAWS}", "use fewer draws (default 64)")
 
 
 def _parse_toml(path: Path) -> dict:
