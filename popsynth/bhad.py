@@ -221,6 +221,14 @@ def compute_bhad(run, kbol_model: str = "duras2020", eps: float = 0.1, kbol_cons
         w = run.best_weights()
     out = {"z": grid.z, "kbol_model": kbol_model, "kbol_constant": kbol_constant, "eps": eps,
            "uncertainty": run.uncertainty, "n_samples": int(w.shape[0])}
+    # Comparison curves: the published XLFs themselves (all block weights 1), through the same K_bol,
+    # eps and absorption function: U14 LDDE (Ueda et al. 2014) and A15 LADE (Aird et al. 2015, hard).
+    ones = torch.ones(1, resp.shape[0], dtype=DTYPE)
+    out["literature_xlf"] = {}
+    for name, (make, label) in STARTING_XLFS.items():
+        r_lit = resp if name == cfg.xlf else bhad_response(make(grid, cfg.absorption, l_moment=1), grid,
+                                                           kbol(grid.logl, kbol_model, kbol_constant), eps)
+        out["literature_xlf"][name] = {"label": label, "psi": psi_bh(ones, r_lit)[0].numpy()}
     for key, ww in (("", w), ("best_", run.best_weights())):
         pc = psi_bh(ww, resp, by_class=True).numpy()
         ps = pc.sum(1)
@@ -304,6 +312,11 @@ def write_outputs(run, res: dict, out: Path, xlf_faint: dict | None = None) -> d
                 t[col] = q[p]
                 t[col].unit = unit
                 t[col].description = f"{desc}{' of the ' + suffix[1:] + ' class' if suffix else ''}, {p} over weight samples"
+    for name, lit in res.get("literature_xlf", {}).items():
+        col = f"psi_{name}_xlf"
+        t[col] = lit["psi"]
+        t[col].unit = "solMass / (yr Mpc3)"
+        t[col].description = f"Psi of the published {lit['label']} XLF (block weights 1), same K_bol and eps"
     t.meta.update({"product": "popsynth bhad", **_provenance(run), "kbol_model": res["kbol_model"],
                    "kbol_constant": res["kbol_constant"], "eps": res["eps"], "n_samples": res["n_samples"],
                    "definition": "Psi = (1-eps)/(eps c^2) int K_bol(L) L phi dlogL dlogNH; rho(z) = int_z^5 Psi |dt/dz| dz"})
@@ -327,7 +340,8 @@ def write_outputs(run, res: dict, out: Path, xlf_faint: dict | None = None) -> d
 
 
 def plot_bhad(res: dict, path: Path) -> Path:
-    """bhad.png: Psi_BH(z) (median, 16-84 %) total and by N_H class, with Vito et al. 2016 Table 4
+    """bhad.png: Psi_BH(z) (median, 16-84 %) total and by N_H class, the published U14 and A15 XLFs
+    through the same K_bol (dashed), with Vito et al. 2016 Table 4
     and the Madau & Dickinson 2014 eq. 15 SFRD scaled by 1e-3 (shape only); right panel rho_BH(z)
     with the local estimates at z = 0. matplotlib is imported here (optional extra)."""
     import matplotlib
@@ -347,6 +361,8 @@ def plot_bhad(res: dict, path: Path) -> Path:
     zz = np.linspace(0, 5, 200)
     sfrd = 0.015 * (1 + zz) ** 2.7 / (1 + ((1 + zz) / 2.9) ** 5.6)
     a1.plot(zz, 1e-3 * sfrd, "g:", label="SFRD x 1e-3 (Madau & Dickinson 2014 eq. 15; shape)")
+    for (name, lit), ls in zip(res.get("literature_xlf", {}).items(), ("--", "-.")):
+        a1.plot(z, lit["psi"], color="grey", ls=ls, lw=1.0, label=f"{lit['label']} XLF, same K_bol")
     try:
         v = load_literature("vito2016_bhad")
         det = v[v["sample"] == "x-ray detected"]

@@ -109,6 +109,13 @@ def test_run_bhad_against_local_density(tiny, tmp_path):
     # Psi peaks at z ~ 1-3 (Vito et al. 2016 sec. 1; Delvecchio et al. 2014: peak at z ~ 2)
     zpk = res["z"][np.argmax(np.median(res["psi"], 0))]
     assert 1.0 <= zpk <= 3.0
+    # comparison curves: the published U14 and A15 XLFs (weights 1) through the same K_bol
+    u14, a15 = res["literature_xlf"]["u14"]["psi"], res["literature_xlf"]["a15"]["psi"]
+    assert not np.allclose(u14, a15)
+    # both published XLFs put the peak of black-hole growth at z ~ 1-2.5 (A15 sec. 7; U14 Fig. 19)
+    for psi in (u14, a15):
+        assert 1.0 <= res["z"][np.argmax(psi)] <= 2.5
+        assert 0.2 < psi[np.argmin(np.abs(res["z"] - 1.0))] / u14[np.argmin(np.abs(res["z"] - 1.0))] < 5.0
 
 
 def test_cli(tiny, tmp_path, capsys):
