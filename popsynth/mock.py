@@ -161,7 +161,6 @@ def mock_cube(r, sample: int | None = None):
     ``sample=None``: the run's best cube (``xlf_best.h5`` 'phi'); an integer K: the cube of row K
     of ``r.weight_samples()`` (posterior sample, or converged start in A19 mode)."""
     import h5py
-    import torch
 
     if sample is None:
         with h5py.File(r.xlf_path, "r") as f:
@@ -371,7 +370,7 @@ class _Sampler:
 
     def chunks(self):
         """Yield dicts of column arrays (MOCK_COLUMNS + band fluxes), at most ~CHUNK_ROWS rows each."""
-        spec, fl = self.spec, self.flux
+        spec = self.spec
         nl, nn = self.phi.shape[1:]
         for i in self.nodes:
             rng = np.random.default_rng([int(spec.seed), int(i)])

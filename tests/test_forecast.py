@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from astropy.table import Table
 
 from popsynth.errors import PopsynthError

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from popsynth.errors import PopsynthError
 from popsynth.results import load_run
