@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unresolved": ("popsynth.unresolved", "unresolved CXB and resolved fractions"),
     "compare": ("popsynth.compare", "figures of a run against published data (XLF, N_H, CT fraction, counts, CXB)"),
     "sweep": ("popsynth.sweep", "grid of train.py runs on Dask"),
+    "physical": ("popsynth.physical_run", "fit and sample the physical-parameter population model"),
 }
 """command -> (module whose ``main(argv)`` runs it, one-line description)."""
 
