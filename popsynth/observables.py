@@ -345,6 +345,16 @@ class SurveyModel:
     target: str = "cumulative"
     data: object = field(default=None, repr=False)
 
+    def __getattr__(self, name):
+        # counts models (build_counts_model) compute the sample fields on first access
+        pending = self.__dict__.get("_pending_samples")
+        if name in _SAMPLE_FIELDS and pending is not None:
+            for k, v in _sample_responses(*pending).items():
+                setattr(self, k, v)
+            del self.__dict__["_pending_samples"]
+            return getattr(self, name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     @property
     def device(self) -> torch.device:
         return self.z.device
@@ -521,7 +531,7 @@ def _selection_share(survey: Survey, log_k: torch.Tensor, edges: torch.Tensor, d
 def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: SpectralTable, fluxes=None,
                        flux_bins=None, nh_threshold: float = 1e24,
                        cosmology: CosmologyParams = CosmologyParams(), device=None,
-                       z_max_rel_step: float | None = Z_MAX_REL_STEP) -> SurveyModel:
+                       z_max_rel_step: float | None = Z_MAX_REL_STEP, _lazy_samples: bool = False) -> SurveyModel:
     """Precompute a survey's block responses (see the module docstring).
 
     Args:
@@ -570,6 +580,7 @@ def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: Sp
 
     z_nodes, interp = refine_z(grid.z, z_max_rel_step)
     z_interp = as_tensor(interp, dev)
+    phi0_grid = phi0
     phi0 = torch.einsum("fz,zln->fln", z_interp, phi0)  # the XLF at the model's z nodes
     wz_np = z_range_weights(z_nodes, survey.z_range)
     used = wz_np > 0
@@ -586,23 +597,42 @@ def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: Sp
     ns, nb = s.size, lo.size
     bin_resp = (cum[:, ns:ns + nb] - cum[:, ns + nb:]) / as_tensor(hi - lo, dev)
 
-    masks = grid.block_masks(dev)  # [15, nL, nN]
+    ln_edges = as_tensor(grid.lognh_edges, dev)
+    share = ((ln_edges[1:] - math.log10(thr)) / dn).clamp(0.0, 1.0)  # [nN]
     z_used = as_tensor(used.astype(np.float64), dev)
+    args = (survey, grid, phi0_grid, z_interp, log_k, edges, dl, dn, dvol, z_used, wz, vol, share)
+    lazy = {} if _lazy_samples else _sample_responses(*args)
+    m = SurveyModel(
+        survey=survey, nh_threshold=thr, fluxes=as_tensor(s, dev), cum_response=cum[:, :ns], diff_response=dif[:, :ns],
+        bin_lo=as_tensor(lo, dev), bin_hi=as_tensor(hi, dev), bin_response=bin_resp, z=as_tensor(z_nodes, dev),
+        z_weights=wz, log_k=log_k, nh_share=share, vol=vol, dvol=dvol,
+        logl_edges=edges, dlogl=dl, dlognh=dn, z_interp=z_interp, **{k: lazy.get(k) for k in _SAMPLE_FIELDS})
+    if _lazy_samples:  # computed on first access (SurveyModel.__getattr__)
+        for k in _SAMPLE_FIELDS:
+            object.__delattr__(m, k)
+        m._pending_samples = args
+    return m
+
+
+_SAMPLE_FIELDS = ("selection", "dndz_response", "sample_response", "ct_response", "intrinsic_response",
+                  "intrinsic_ct_response")
+"""SurveyModel fields of the selected sample (CT fractions, dN/dz), which counts models compute on first use."""
+
+
+def _sample_responses(survey, grid, phi0_grid, z_interp, log_k, edges, dl, dn, dvol, z_used, wz, vol, share) -> dict:
+    """The selection share and the sample responses of :func:`build_survey_model` (see SurveyModel)."""
+    dev = log_k.device
+    phi0 = torch.einsum("fz,zln->fln", z_interp, phi0_grid)  # the XLF at the model's z nodes
+    masks = grid.block_masks(dev)  # [15, nL, nN]
     sel = _selection_share(survey, log_k, edges, dl, z_used)
     cell = dl[:, None] * dn[None, :]  # [nL, nN]
     dndz = torch.einsum("zln,zln,ln,kln->kz", phi0, sel, cell, masks) * (dvol * z_used)
-    ln_edges = as_tensor(grid.lognh_edges, dev)
-    share = ((ln_edges[1:] - math.log10(thr)) / dn).clamp(0.0, 1.0)  # [nN]
     sample = dndz @ wz
     ct = torch.einsum("zln,zln,ln,n,kln,z->k", phi0, sel, cell, share, masks, vol)
     intr = torch.einsum("zln,ln,kln,z->k", phi0, cell, masks, vol)
     intr_ct = torch.einsum("zln,ln,n,kln,z->k", phi0, cell, share, masks, vol)
-    return SurveyModel(
-        survey=survey, nh_threshold=thr, fluxes=as_tensor(s, dev), cum_response=cum[:, :ns], diff_response=dif[:, :ns],
-        bin_lo=as_tensor(lo, dev), bin_hi=as_tensor(hi, dev), bin_response=bin_resp, z=as_tensor(z_nodes, dev),
-        z_weights=wz, dndz_response=dndz, sample_response=sample, ct_response=ct, intrinsic_response=intr,
-        intrinsic_ct_response=intr_ct, log_k=log_k, selection=sel, nh_share=share, vol=vol, dvol=dvol,
-        logl_edges=edges, dlogl=dl, dlognh=dn, z_interp=z_interp)
+    return {"selection": sel, "dndz_response": dndz, "sample_response": sample, "ct_response": ct,
+            "intrinsic_response": intr, "intrinsic_ct_response": intr_ct}
 
 
 def build_counts_model(data, grid: Grid, phi0: torch.Tensor, table: SpectralTable, survey: Survey | None = None,
@@ -614,7 +644,9 @@ def build_counts_model(data, grid: Grid, phi0: torch.Tensor, table: SpectralTabl
     ``value`` is defined; without edges, dN/dS at the fluxes. ``survey`` defaults to
     :func:`popsynth.survey.survey_for_counts` (its z range and band are used; the published
     counts are area-corrected, so N(>S) uses sharp thresholds at each flux).
-    Then ``model.chi2(w)`` gives chi^2 [B] against the table.
+    Then ``model.chi2(w)`` gives chi^2 [B] against the table. The sample fields (``selection``,
+    ``dndz_response``, ``ct_response``, ...), which counts predictions never use, are computed on
+    first access.
     """
     survey = survey_for_counts(data) if survey is None else survey
     if tuple(survey.band_keV) != tuple(data.band_keV):
@@ -622,14 +654,16 @@ def build_counts_model(data, grid: Grid, phi0: torch.Tensor, table: SpectralTabl
                             "convert the survey with survey.in_band(data.band_keV)")
     bins = counts_flux_bins(data)
     if data.kind == "cumulative":
-        m = build_survey_model(survey, grid, phi0, table, fluxes=data.flux, cosmology=cosmology, device=device)
+        m = build_survey_model(survey, grid, phi0, table, fluxes=data.flux, cosmology=cosmology, device=device,
+                               _lazy_samples=True)
         m.target = "cumulative"
     elif bins is not None:
         m = build_survey_model(survey, grid, phi0, table, fluxes=data.flux, flux_bins=bins, cosmology=cosmology,
-                               device=device)
+                               device=device, _lazy_samples=True)
         m.target = "binned"
     else:
-        m = build_survey_model(survey, grid, phi0, table, fluxes=data.flux, cosmology=cosmology, device=device)
+        m = build_survey_model(survey, grid, phi0, table, fluxes=data.flux, cosmology=cosmology, device=device,
+                               _lazy_samples=True)
         m.target = "differential"
     m.data = data
     return m
