@@ -16,8 +16,9 @@ Optimisers:
     1e-6 to stay positive. Gradients by autograd instead of A19's finite differences.
   - "adam": Adam on u = log w (positivity by construction).
   - "lm": batched Levenberg-Marquardt on u = log w with per-start damping; Jacobians by
-    forward-mode autograd (torch.func.jacfwd under vmap). The default: it converges in tens of
-    steps where gradient descent needs thousands.
+    forward-mode autograd, the 15 tangents pushed through the whole batch of starts at once
+    (:func:`jacobian_rows`), in chunks of starts. The default: it converges in tens of steps
+    where gradient descent needs thousands.
 """
 
 from __future__ import annotations
@@ -244,13 +245,22 @@ class LevenbergMarquardt(Optimizer):
     def step(self, state, residual_fn):
         u, lam = state["u"], state["lam"]
         fn = lambda uu: residual_fn(torch.exp(uu))  # noqa: E731
+        b = u.shape[0]
+        if b <= self.chunk:
+            return self._step(u, lam, fn)
+        # the starts are independent: step them in chunks, so that the Jacobians [chunk, n, 15]
+        # stay small (memory, cache) whatever the number of starts
+        parts = [self._step(u[i:i + self.chunk], lam[i:i + self.chunk], fn) for i in range(0, b, self.chunk)]
+        return ({"u": torch.cat([p[0]["u"] for p in parts]), "lam": torch.cat([p[0]["lam"] for p in parts])},
+                torch.cat([p[1] for p in parts]))
 
-        def single(us):
-            return fn(us[None])[0]
+    #: Starts per chunk of :meth:`step` (a Jacobian chunk of 4096 x 130 x 15 doubles is 64 MiB).
+    chunk = 4096
 
+    def _step(self, u, lam, fn):
         with torch.no_grad():
             r = fn(u)
-            jac = torch.func.vmap(torch.func.jacfwd(single))(u)  # [B, n, p]
+            jac = jacobian_rows(fn, u)  # [B, n, p]
         loss0 = (r ** 2).sum(-1)
         jt = jac.transpose(1, 2)
         h = jt @ jac
@@ -269,6 +279,22 @@ class LevenbergMarquardt(Optimizer):
         u_new = torch.where(ok[:, None], u_try, u)
         lam_new = torch.where(ok, lam / 3.0, lam * 2.0).clamp(1e-12, 1e12)
         return {"u": u_new, "lam": lam_new}, torch.where(ok, loss_try, loss0)
+
+
+def jacobian_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Jacobian of a row-wise function: fn maps x [B, p] to [B, n], row b depending on x[b] only.
+
+    Returns J [B, n, p] with J[b, i, k] = d fn(x)[b, i] / d x[b, k], exact (forward-mode
+    autograd). The p tangents e_k (the same for every row) are pushed through ``fn`` on the whole
+    batch at once (``vmap`` over the tangents of one ``jvp``), instead of a ``jacfwd`` per row: the
+    same numbers (row b's derivative sees only row b's inputs) at a fraction of the cost.
+    """
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+
+    def column(t):
+        return torch.func.jvp(fn, (x,), (t.expand_as(x),))[1]
+
+    return torch.func.vmap(column)(eye).permute(1, 2, 0)
 
 
 OPTIMIZERS = {c.name: c for c in (LevenbergMarquardt, Adam, GradientDescent)}
