@@ -243,7 +243,11 @@ class PhysicalKernels:
         flat = phi_red.reshape(phi_red.shape[0], -1)
         if sparse:
             if self._csr is None:
-                self._csr = (self.k_phi.to_sparse_csr(), self.k_phi.T.contiguous().to_sparse_csr())
+                import warnings
+
+                with warnings.catch_warnings():  # "sparse CSR support is in beta": the two ops used here are tested
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._csr = (self.k_phi.to_sparse_csr(), self.k_phi.T.contiguous().to_sparse_csr())
             xp = _SparseRows.apply(flat, *self._csr)
         else:
             xp = flat @ self.k_phi.T

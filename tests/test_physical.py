@@ -1,0 +1,295 @@
+"""The physical population model (issue 9): cube, kernels, shared likelihood, gradients, recovery, CLI."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from popsynth.errors import PopsynthError
+from popsynth.grid import Grid
+from popsynth.physical import (DEFAULT_FREE, PHYSICAL_NAMES, ParameterMap, PhysicalModel, XLFBuilder, absorption_bins,
+                               ldde, with_block_weights_only)
+from popsynth.xlf import A19AbsorptionParams, absorption_a19, apply_block_weights, build_phi0, ldde_ueda14
+
+D = torch.float64
+
+
+@pytest.fixture(scope="module")
+def pp():
+    """Spectral set 5 with 8 spectral draws per cell (the kernels do not depend on the draw count)."""
+    from popsynth.physical_run import setup
+
+    return setup(5, PhysicalModel(), draws=8, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def table(pp):
+    from popsynth.spectra.model import build_spectral_table, make_components
+
+    cfg = pp.cfg
+    return build_spectral_table(cfg.spec_set, pp.prob.grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
+                                components=make_components(cfg.spectral_model, cfg.torus_table))
+
+
+def _variant(pp, model):
+    """The same problem and kernels with another parameter configuration."""
+    from popsynth.physical_run import PhysicalProblem
+
+    return PhysicalProblem(pp.cfg, pp.prob, pp.kernels, model, ParameterMap(model), 0.0)
+
+
+def _default_params(b=1):
+    pm = ParameterMap(PhysicalModel(free=PHYSICAL_NAMES))
+    return pm, pm.default_theta(b)
+
+
+# ------------------------------------------------------------------------------ the cube
+def test_cube_at_published_parameters_equals_build_phi0():
+    grid = Grid()
+    pm, th = _default_params()
+    phi, phi1 = XLFBuilder(grid)(pm.full(th))
+    xb = XLFBuilder(grid)
+    for red, ref in ((phi, build_phi0(grid)), (phi1, build_phi0(grid, l_moment=1))):
+        full = xb.expand(red[0])
+        assert full.shape == ref.shape
+        assert torch.allclose(full, ref, rtol=1e-10, atol=0.0)
+
+
+def test_ldde_and_absorption_equal_the_library_functions():
+    g = torch.Generator().manual_seed(3)
+    z = torch.rand(500, generator=g, dtype=D) * 5 + 0.001
+    ll = torch.rand(500, generator=g, dtype=D) * 6 + 41
+    pm, th = _default_params()
+    p = {k: v[0] for k, v in pm.full(th).items() if k != "log10_w"}
+    assert torch.allclose(ldde(z, ll, p), ldde_ueda14(z, ll), rtol=1e-12, atol=0)
+    f = absorption_bins(z, ll, p)  # [500, 6]
+    for k, nh in enumerate((20.5, 21.5, 22.5, 23.5, 24.5, 25.5)):
+        assert torch.allclose(f[:, k], absorption_a19(z, ll, torch.full_like(z, nh), A19AbsorptionParams()),
+                              rtol=1e-13, atol=0)
+    assert torch.allclose(f[:, :4].sum(-1), torch.ones_like(z), rtol=1e-13)
+
+
+def test_gradcheck_cube_in_ldde_and_absorption_parameters():
+    grid = Grid(z=np.array([0.05, 0.6, 1.5, 2.6, 4.0]), logl_edges=np.linspace(41, 47, 13),
+                lognh_edges=np.linspace(20, 26, 7))
+    xb = XLFBuilder(grid)
+    pm = ParameterMap(PhysicalModel(free=PHYSICAL_NAMES))
+    g = torch.Generator().manual_seed(0)
+    u0 = pm.u_of(pm.default_theta(2) + 0.3 * pm.sigma * torch.randn(2, pm.n_free, generator=g, dtype=D))
+
+    def f(u):
+        phi, phi1 = xb(pm.full(pm.theta(u)))
+        return torch.log(phi), torch.log(phi1)
+
+    assert torch.autograd.gradcheck(f, (u0.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_gradcheck_block_weights_and_posterior(pp):
+    m = PhysicalModel(free=("logLstar", "gamma1", "p1_star", "psi0_lo", "a1", "epsilon_hi", "f_ct_lo"),
+                      block_weights=True)
+    v = _variant(pp, m)
+    g = torch.Generator().manual_seed(1)
+    u0 = v.pmap.u_of(v.pmap.default_theta(1)) + 0.05 * torch.randn(1, v.pmap.n_free, generator=g, dtype=D)
+    for sparse in (False, True):
+        fn = lambda u, s=sparse: v.neg_log_post_u(u, sparse=s)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (u0.clone().requires_grad_(True),), eps=1e-6, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ kernels
+def _random_cubes(pp, n=2, seed=5):
+    pm, th = _default_params()
+    phi, _ = pp.kernels.builder(pm.full(th))
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *phi.shape[1:], generator=g, dtype=D) * 3 * phi[0]
+
+
+def test_kernels_equal_the_engine_for_random_cubes(pp, table):
+    from popsynth.cxb import cxb_from_cube, cxb_kernel
+    from popsynth.observables import build_survey_model
+    from popsynth.survey import counts_flux_bins
+
+    ks, xb, grid = pp.kernels, pp.kernels.builder, pp.prob.grid
+    r, r1 = _random_cubes(pp), _random_cubes(pp, seed=6)
+    x = ks.features(r, r1)
+    assert torch.allclose(ks.features(r, r1, sparse=True), x, rtol=1e-12, atol=0)
+    names = ks.feature_names
+    n_cxb = ks.k_cxb.shape[-1]
+    ref = cxb_from_cube(xb.expand(r1), cxb_kernel(table, grid, pp.prob.data.energy), grid)
+    assert torch.allclose(x[:, :n_cxb], ref, rtol=1e-10, atol=0)
+    checked = 0
+    for name, m in pp.prob.constraints.models.items():
+        full = xb.expand(r)
+        if m.target == "cumulative":
+            i = names.index(name + "[0]")
+            got, want = x[:, i:i + m.fluxes.numel()], m.cumulative_cube(full)
+        elif m.target == "ct_fraction":
+            i, j = names.index(name + ":num[0]"), names.index(name + ":den[0]")
+            got, want = x[:, i] / x[:, j], m.ct_fraction_cube(full)
+        else:  # binned BAT counts: (N(>lo) - N(>hi)) / (hi - lo) times width * area = expected numbers
+            lo, hi = counts_flux_bins(m.data)
+            mm = build_survey_model(m.survey, grid, pp.prob.phi0, table, fluxes=np.concatenate([lo, hi]))
+            c = mm.cumulative_cube(full)
+            want = (c[:, :lo.size] - c[:, lo.size:]) * float(m.data.area_deg2)
+            i = names.index(name + "[0]")
+            got = x[:, i:i + lo.size]
+        assert torch.allclose(got, want, rtol=1e-10, atol=0), name
+        checked += 1
+    assert checked == len(pp.prob.constraints.models) == 8
+
+
+def test_block_weight_special_case_equals_block_model(pp):
+    from popsynth.likelihood import LogWeightPrior
+    from popsynth.physical_kernels import block_likelihood
+
+    v = _variant(pp, with_block_weights_only())
+    assert v.pmap.n_free == 15 and v.pmap.n_phys == 0
+    g = torch.Generator().manual_seed(2)
+    lw = 0.5 * torch.randn(4, 15, generator=g, dtype=D)
+    w = 10.0 ** lw
+    u = v.pmap.u_of(lw)
+    phi, _ = v.cubes(u)
+    assert torch.allclose(v.kernels.builder.expand(phi), apply_block_weights(pp.prob.phi0, w, pp.prob.grid),
+                          rtol=1e-12, atol=0)
+    blik = block_likelihood(pp.prob, pp.cfg)
+    x = v.features(u)
+    plik = v.kernels.likelihood
+    assert [t.name for t in plik.terms] == [t.name for t in blik.terms]
+    for tp, tb in zip(plik.terms, blik.terms):
+        assert torch.allclose(tp.neg2_loglike(x), tb.neg2_loglike(w), rtol=1e-10, atol=1e-10), tp.name
+    prior = LogWeightPrior(1.0)
+    want = 0.5 * (blik.neg2_loglike(w) + prior.neg2_logprior(w))
+    got = v.neg_log_post_u(u) + v.pmap.log_jacobian(u)  # no Jacobian for log10 w
+    assert torch.allclose(got, want, rtol=1e-10, atol=0)
+
+
+# ------------------------------------------------------------------------------ spectra
+def test_gradcheck_spectral_components_in_gamma_ecut_r():
+    from popsynth.spectra.primary import primary_spectrum
+    from popsynth.spectra.reprocessed import Reflection, TorusReprocessed
+
+    energy = torch.logspace(-0.3, 3.1, 30, dtype=D)  # covers the Green's tables' input range
+    log_nh = torch.tensor([22.5, 24.3], dtype=D)
+    refl, torus = Reflection(), TorusReprocessed()
+
+    def f(gamma, ecut, r):
+        prim = primary_spectrum(energy, gamma, ecut)
+        p = {"gamma": gamma, "ecut": ecut, "refl": r, "theta_tor": torch.full_like(gamma, 58.0)}
+        return prim, refl.spectrum(energy, prim, p, log_nh), torus.spectrum(energy, prim, p, log_nh)
+
+    args = (torch.tensor([1.8, 1.96], dtype=D, requires_grad=True), torch.tensor([150.0, 230.0], dtype=D, requires_grad=True),
+            torch.tensor([0.4, 0.9], dtype=D, requires_grad=True))
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-8, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ recovery
+def test_recovers_known_parameters_from_synthetic_data(pp):
+    """Data made by the model at known parameters (3 published sigma from the defaults, priors widened
+    tenfold so the data decide); the mode must lie within 3 Laplace sigma of the truth."""
+    from popsynth.physical_run import find_mode, laplace
+
+    free = ("logLstar", "gamma1", "gamma2", "p1_star", "psi0_lo", "f_ct_lo", "f_ct_hi")
+    base = PhysicalModel(free=free)
+    model = PhysicalModel(free=free, priors={n: (base.prior(n)[0], 10 * base.prior(n)[1]) for n in free})
+    v = _variant(pp, model)
+    v.kernels = copy.copy(pp.kernels)
+    v.kernels.likelihood = copy.deepcopy(pp.kernels.likelihood)
+    truth = v.pmap.default_theta(1) + torch.as_tensor([base.prior(n)[1] for n in free], dtype=D) * \
+        torch.tensor([3.0, -3.0, 3.0, -3.0, 3.0, 3.0, -3.0], dtype=D)
+    with torch.no_grad():
+        x = v.features(v.pmap.u_of(truth))
+    for t in v.kernels.likelihood.terms:  # noise-free (Asimov) data at the truth
+        if t.kind == "ct_fraction":
+            t.value = float(t.predict(x)[0])
+        elif t.kind == "poisson":
+            t.n_obs = t.predict(x)[0]
+        elif t.kind == "cxb":
+            t.obs = t.predict(x)[0]
+        else:
+            t.value = t.predict(x)[0]
+    u, loss = find_mode(v, v.pmap.u_of(v.pmap.default_theta(1)))
+    lap = laplace(v, u)
+    est = v.pmap.theta(u)[0]
+    sd = torch.sqrt(torch.diagonal(lap["cov_theta"]))
+    pull = ((est - truth[0]) / sd).abs()
+    assert bool((pull < 3).all()), dict(zip(free, pull.tolist()))
+    start_pull = ((v.pmap.default_theta(1)[0] - truth[0]) / sd).abs()
+    assert float(start_pull.max()) > 3  # the data do move the parameters: the start is far from the truth
+
+
+# ------------------------------------------------------------------------------ configuration and CLI
+def test_config_from_toml_and_example(tmp_path):
+    from pathlib import Path
+
+    ex = PhysicalModel.from_toml(Path(__file__).parent.parent / "examples" / "physical_model.toml")
+    assert set(ex.free) <= set(PHYSICAL_NAMES)
+    p = tmp_path / "m.toml"
+    p.write_text('free = ["logLstar", "f_ct_lo"]\nblock_weights = true\n[priors]\nlogLstar = [44.0, 0.2]\n'
+                 '[bounds]\nf_ct_lo = [0.0, 3.0]\n')
+    m = PhysicalModel.from_toml(p)
+    assert m.free == ("logLstar", "f_ct_lo") and m.block_weights
+    assert m.prior("logLstar") == (44.0, 0.2) and m.bound("f_ct_lo") == (0.0, 3.0)
+    assert ParameterMap(m).n_free == 17
+    assert PhysicalModel().free == DEFAULT_FREE
+
+
+@pytest.mark.parametrize("text, words", [
+    ('free = ["logLstr"]', "unknown parameter"),
+    ('free = ["logLstar"]\ncolour = 3', "unknown key"),
+    ('free = ["logLstar"]\n[priors]\nlogLstar = [44.0, -1.0]', "sigma"),
+    ('free = ["logLstar"]\n[bounds]\nlogLstar = [45.0, 44.0]', "lo < hi"),
+    ('free = ["logLstar"]\n[values]\nlogLstar = 50.0', "outside its bounds"),
+    ('free = []', "no free parameter"),
+    ('free = "logLstar', "not valid TOML"),
+    ('binned_xlf = ["ueda15"]', "unknown binned XLF"),
+])
+def test_bad_config_is_one_line_error(tmp_path, text, words):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(PopsynthError) as e:
+        PhysicalModel.from_toml(p)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    from popsynth.physical_run import main
+
+    assert main(["--config", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not found" in err and "\n" not in err
+    assert main(["--spec-set", "9"]) == 2
+    assert main(["--chains", "1"]) == 2
+
+
+def test_cli_writes_the_outputs(pp, table, tmp_path, monkeypatch):
+    import popsynth.physical_run as pr
+    from popsynth.io import load_xlf
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text('free = ["logLstar", "psi0_lo", "f_ct_lo"]\nbinned_xlf = ["ueda14"]\n')
+
+    def fake_setup(spec_set, model, draws=64, device="cpu", log=print):
+        from popsynth.physical_kernels import build_kernels
+
+        v = _variant(pp, model)
+        v.kernels = build_kernels(pp.prob, table, pp.cfg, model)  # with the binned-XLF kernels
+        return v
+
+    monkeypatch.setattr(pr, "setup", fake_setup)
+    out = tmp_path / "run"
+    code = pr.main(["--config", str(cfg), "--out", str(out), "--starts", "2", "--chains", "2", "--warmup", "10",
+                    "--samples", "12", "--no-pilot", "--quiet"])
+    assert code == 0
+    for f in ("summary.json", "xlf_best.h5", "parameter_samples.csv", "cxb_model.ecsv", "parameters.md"):
+        assert (out / f).is_file(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["parameters"]) == {"logLstar", "psi0_lo", "f_ct_lo"}
+    assert "xlf:ueda14" in s["chi2_at_median"] and s["groups"]["binned_xlf"]["points"] > 50
+    assert 0 < s["ct_fraction_z0.1"]["p16"] <= s["ct_fraction_z0.1"]["median"] <= s["ct_fraction_z0.1"]["p84"] < 1
+    assert s["sampler"]["chains"] == 2 and s["sampler"]["samples_per_chain"] == 12
+    lo, mid, hi = (load_xlf(out / "xlf_best.h5", w).phi(0.5, 44.0, 23.5) for w in ("p16", "p50", "p84"))
+    assert 0 < lo <= mid <= hi
+    rows = (out / "parameter_samples.csv").read_text().strip().splitlines()
+    assert rows[0] == "chain,iteration,logLstar,psi0_lo,f_ct_lo" and len(rows) == 1 + 2 * 12
+
