@@ -116,6 +116,37 @@ class Constraints:
             return w[:, :0]
         return torch.cat(parts, dim=-1)
 
+    def residuals_and_jacobian(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`residuals` [B, n], their derivative with respect to w [B, n, 15]).
+
+        Counts are linear in w (w @ R), so d r / d w = R / error (the asymmetric error is piecewise
+        constant); a CT fraction f = (w . c) / (w . s) has d f / d w = (c - f s) / (w . s)."""
+        rs, js = [], []
+        for n, m in self.models.items():
+            d = m.data
+            if self.is_ct(n):
+                num, den = w @ m.ct_response, w @ m.sample_response
+                f = num / den
+                v = torch.as_tensor(d.fraction, dtype=w.dtype, device=w.device)
+                err = torch.where(f - v > 0, torch.as_tensor(d.err_hi, dtype=w.dtype, device=w.device),
+                                  torch.as_tensor(d.err_lo, dtype=w.dtype, device=w.device))
+                k = math.sqrt(self.ct_weight)
+                rs.append(asym_residuals(m.predict(w)[:, None], d.fraction, d.err_lo, d.err_hi) * k)
+                js.append(((m.ct_response[None] - f[:, None] * m.sample_response[None]) / (den * err / k)[:, None])[:, None])
+            else:
+                resp = {"cumulative": m.cum_response, "differential": m.diff_response,
+                        "binned": m.bin_response}[m.target].T  # [n, 15]
+                pred = m.predict(w)
+                v = torch.as_tensor(d.value, dtype=w.dtype, device=w.device)
+                err = torch.where(pred - v > 0, torch.as_tensor(d.err_hi, dtype=w.dtype, device=w.device),
+                                  torch.as_tensor(d.err_lo, dtype=w.dtype, device=w.device))
+                k = math.sqrt(self.counts_weight)
+                rs.append(asym_residuals(pred, d.value, d.err_lo, d.err_hi) * k)
+                js.append(resp[None] * (k / err)[..., None])
+        if not rs:
+            return w[:, :0], w[:, :0, None].expand(-1, -1, w.shape[-1])
+        return torch.cat(rs, dim=-1), torch.cat(js, dim=1)
+
     def ct_fractions(self, w: torch.Tensor) -> list[dict]:
         """Observed versus model CT fraction of every CT constraint, for weights w [1, 15]."""
         out = []
