@@ -189,10 +189,14 @@ def absorption_a19(z, log_l, log_nh, p: A19AbsorptionParams = A19AbsorptionParam
 
 
 def _select_bins(log_nh: torch.Tensor, values: tuple) -> torch.Tensor:
+    """values[bin(log_nh)] element by element, broadcast (a chain of ``where``: no stacked copy of
+    the expanded values)."""
+    idx = _dex_bin(log_nh)
+    out = values[-1]
+    for k in range(len(values) - 2, -1, -1):
+        out = torch.where(idx == k, values[k], out)
     shape = torch.broadcast_shapes(log_nh.shape, *(v.shape for v in values))
-    idx = _dex_bin(log_nh).expand(shape)
-    stacked = torch.stack([v.expand(shape) for v in values], dim=-1)
-    return torch.gather(stacked, -1, idx.unsqueeze(-1)).squeeze(-1)
+    return out.expand(shape) if tuple(out.shape) != tuple(shape) else out
 
 
 ABSORPTION_MODELS = {"a19": absorption_a19, "u14": absorption_u14}
@@ -222,12 +226,17 @@ def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
     wsub = torch.as_tensor(wq / 2.0, dtype=DTYPE, device=device)  # averages: sum = 1
     z = as_tensor(grid.z, device)[:, None, None, None]
     ll = as_tensor(sub, device)[None, :, None, :]
-    nh = as_tensor(grid.lognh, device)[None, None, :, None]
+    # the absorption functions are constant in each 1-dex N_H bin: evaluate the cube once per bin
+    # present on the grid and copy it to the bin's cells (the same numbers as cell by cell)
+    bins = _dex_bin(torch.as_tensor(grid.lognh, dtype=DTYPE))
+    present, cell_bin = torch.unique(bins, return_inverse=True)
+    rep = torch.as_tensor([float(grid.lognh[int(torch.nonzero(bins == b)[0, 0])]) for b in present], dtype=DTYPE)
+    nh = as_tensor(rep, device)[None, None, :, None]
     phi = ldde_ueda14(z, ll, ldde) if total is None else total(z, ll)
-    vals = phi * f_abs(z, ll, nh)  # [nz, nL, nN, n_sub]
+    vals = phi * f_abs(z, ll, nh)  # [nz, nL, n_bins, n_sub]
     if l_moment:
         vals = vals * 10.0 ** (l_moment * (ll - as_tensor(grid.logl, device)[None, :, None, None]))
-    return (vals * wsub).sum(-1)
+    return (vals * wsub).sum(-1)[:, :, cell_bin.to(vals.device)]
 
 
 def apply_block_weights(phi0: torch.Tensor, weights: torch.Tensor, grid: Grid) -> torch.Tensor:
