@@ -153,7 +153,6 @@ def _new_config(given: dict):
     from .run import RunConfig
 
     fields = {FLAGS[d][1]: _to_config(d, v) for d, v in given.items()}
-    fields.setdefault("out", f"checkpoints/spec-set-{fields.get('spec_set', RunConfig.spec_set)}")
     if fields.get("mode") == "a19":
         for k, v in A19_PROCEDURE.items():
             fields.setdefault(k, v)

@@ -70,7 +70,7 @@ class RunConfig:
     weight_prior: float = 1.0  # dex; <= 0 disables
     seed: int = 0
     device: str = "cpu"
-    out: str = "checkpoints/spec-set-5"
+    out: str | None = None  # default: checkpoints/spec-set-<spec_set> (set in __post_init__)
     draws: int = 64
     spectra_seed: int = 0
     galaxies: str = "a19"
@@ -95,6 +95,10 @@ class RunConfig:
     patience: int = 10
     init_range: tuple = (0.3, 5.0)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = f"checkpoints/spec-set-{self.spec_set}"
 
     def validate(self) -> None:
         """Check every setting (types, ranges, names) without touching files or building anything.

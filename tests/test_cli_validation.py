@@ -537,3 +537,14 @@ def test_xlf_outside_choices():
     assert x(3.0, 41.5, 20.5, outside="clamp") == pytest.approx(x(2.0, 41.5, 20.5))
     assert x(1.0, 40.0, 27.0, outside="clamp") == pytest.approx(x(1.0, 41.0, 21.9))
     assert x(1.0, 41.5, 20.5, outside="clamp") == pytest.approx(x(1.0, 41.5, 20.5))
+
+
+def test_default_output_folder_follows_the_spectral_set():
+    """RunConfig derives its default folder from the spectral set (library and CLI alike)."""
+    from popsynth.cli import _given, _new_config, build_parser
+    from popsynth.run import RunConfig
+
+    assert RunConfig(spec_set=1).out == "checkpoints/spec-set-1"
+    assert RunConfig().out == "checkpoints/spec-set-5"
+    assert RunConfig(spec_set=2, out="x").out == "x"
+    assert _new_config(_given(build_parser().parse_args(["--spec-set", "3"]))).out == "checkpoints/spec-set-3"
