@@ -1,38 +1,39 @@
-"""A small progress bar on stderr (no dependency). Redraws in place on a terminal; on a pipe
-or log file it prints a line every ~10 % so logs stay short."""
+"""Progress of the fit loop on stderr, drawn by tqdm.
+
+On a terminal tqdm redraws one line in place; on a pipe or a log file (CI, batch jobs) it prints a
+line at most every 10 % of the steps and every 30 s, so logs stay short."""
 
 from __future__ import annotations
 
 import sys
-import time
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "", enabled: bool = True, stream=None):
-        self.total, self.label, self.enabled = max(int(total), 1), label, enabled
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.time()
-        self._last_decile = -1
+    """``Progress(total, label, enabled)``; ``update(done, info)`` sets the absolute step count and a
+    status text; ``close()`` ends the line. A disabled bar does nothing."""
 
-    def update(self, done: int, info: str = "") -> None:
+    def __init__(self, total: int, label: str = "", enabled: bool = True, stream=None):
+        self.enabled = bool(enabled)
+        self._bar = None
         if not self.enabled:
             return
-        frac = min(done / self.total, 1.0)
-        el = time.time() - self.t0
-        eta = el / frac - el if frac > 0 else 0.0
-        if self.tty:
-            n = int(30 * frac)
-            self.stream.write(f"\r{self.label} [{'#' * n}{'.' * (30 - n)}] {done}/{self.total} {el:5.1f}s eta {eta:5.1f}s {info}   ")
-            self.stream.flush()
-        else:
-            dec = int(frac * 10)
-            if dec > self._last_decile:
-                self._last_decile = dec
-                self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:3.0f}%) {el:.1f}s {info}\n")
-                self.stream.flush()
+        from tqdm import tqdm
+
+        stream = stream or sys.stderr
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        total = max(int(total), 1)
+        self._bar = tqdm(total=total, desc=label, file=stream, leave=True, dynamic_ncols=tty,
+                         mininterval=0.1 if tty else 30.0, miniters=None if tty else max(total // 10, 1),
+                         bar_format=None if tty else "{desc} {n}/{total} ({percentage:3.0f}%) {elapsed}{postfix}")
+
+    def update(self, done: int, info: str = "") -> None:
+        if self._bar is None:
+            return
+        self._bar.update(int(done) - self._bar.n)
+        if info:
+            self._bar.set_postfix_str(info, refresh=False)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

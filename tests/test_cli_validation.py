@@ -548,3 +548,25 @@ def test_default_output_folder_follows_the_spectral_set():
     assert RunConfig().out == "checkpoints/spec-set-5"
     assert RunConfig(spec_set=2, out="x").out == "x"
     assert _new_config(_given(build_parser().parse_args(["--spec-set", "3"]))).out == "checkpoints/spec-set-3"
+
+
+def test_progress_bar_on_a_pipe_is_short(tmp_path):
+    """The fit's progress (tqdm) on a non-terminal stream: a start and an end line with the step
+    count and the status text, not one line per step; a disabled bar writes nothing."""
+    import io
+
+    from popsynth.progress import Progress
+
+    s = io.StringIO()
+    p = Progress(500, "fit set 5", stream=s)
+    for i in range(1, 501):
+        p.update(i, f"best loss {i}")
+    p.close()
+    text = s.getvalue()
+    assert "fit set 5 500/500 (100%)" in text and "best loss 500" in text
+    assert text.count("fit set 5") <= 12
+    quiet = io.StringIO()
+    q = Progress(10, "x", enabled=False, stream=quiet)
+    q.update(5, "y")
+    q.close()
+    assert quiet.getvalue() == ""
