@@ -1,0 +1,255 @@
+"""popsynth against a vectorised numpy reference, side by side, and the end-to-end runs.
+
+    python benchmarks/run.py [--quick] [--threads N] [--no-readme]
+
+Each case runs in its own subprocess (so its peak RSS, ``ru_maxrss``, is its own). Inside a
+kernel case popsynth and the reference (tests/reference.py, the same algorithm in numpy) are
+timed alternately, ``--repeats`` times each, and the medians are compared; both results are
+checked to agree to 1e-10. The end-to-end cases run ``train.py`` as a user would (warm spectral
+table cache) and read its wall time and peak RSS. The load average (os.getloadavg) is recorded
+before and after every case. Results go to ``benchmarks/results/run_<host>[_quick].json`` and,
+unless --no-readme, replace the block between ``<!-- bench:start -->`` and ``<!-- bench:end -->``
+in benchmarks/README.md: numbers are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "benchmarks" / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+# ------------------------------------------------------------------ kernel cases (in a subprocess)
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def _pair(pop, ref, repeats):
+    """Alternate popsynth and reference calls; medians in seconds and the last results."""
+    tp, tr = [], []
+    for _ in range(repeats):
+        t = time.perf_counter(); a = pop(); tp.append(time.perf_counter() - t)  # noqa: E702
+        t = time.perf_counter(); b = ref(); tr.append(time.perf_counter() - t)  # noqa: E702
+    return _median(tp), _median(tr), a, b
+
+
+def _agree(a, b):
+    import numpy as np
+
+    a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300 + 1e-14 * np.abs(b).max())))
+
+
+def kernel_case(name: str, repeats: int, starts: int) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference as ref
+
+    from popsynth.cosmology import distance_tables
+    from popsynth.cxb import block_response, cxb_from_cube, cxb_kernel
+    from popsynth.data.counts import load_counts
+    from popsynth.fit import initial_weights
+    from popsynth.grid import Grid
+    from popsynth.observables import build_counts_model
+    from popsynth.spectra.model import build_spectral_table
+    from popsynth.xlf import apply_block_weights, build_phi0
+
+    grid = Grid()
+    out = {"case": name, "starts": starts}
+    if name == "phi cube":
+        tp, tr, a, b = _pair(lambda: build_phi0(grid, l_moment=1),
+                             lambda: ref.phi_cube(grid.z, grid.logl_edges, grid.lognh, 1), repeats)
+        out["note"] = "build_phi0(l_moment=1), [119, 120, 60]"
+    else:
+        tab = build_spectral_table(5, grid.lognh_edges)
+        e = np.geomspace(0.3, 300.0, 74)
+        d = distance_tables(grid.z)
+        dv, dl = d["dvc_dz_dsr_mpc3"].numpy(), d["d_l_cm"].numpy()
+        energy, mean = tab.energy.numpy(), tab.mean.numpy()
+        phi1 = build_phi0(grid, l_moment=1)
+        phi1n = phi1.numpy()
+        bi = grid.block_index.numpy()
+        k = cxb_kernel(tab, grid, e)
+        kn = k.numpy()
+        w = initial_weights(starts, 15, seed=0)
+        wn = w.numpy()
+        zero = np.zeros(e.size)
+        if name == "CXB kernel":
+            tp, tr, a, b = _pair(lambda: cxb_kernel(tab, grid, e),
+                                 lambda: ref.cxb_kernel(grid.z, grid.z_weights, dv, dl, grid.dlognh, energy, mean, e),
+                                 repeats)
+            out["note"] = "K[z, n, e] at 74 energies (distances precomputed for the reference)"
+        elif name == "block response":
+            tp, tr, a, b = _pair(lambda: block_response(phi1, k, grid),
+                                 lambda: ref.block_response(phi1n, kn, bi, grid.logl, grid.dlogl), repeats)
+            out["note"] = "A[15, 74], the one-time contraction"
+        elif name == "CXB, block path":
+            a_t = block_response(phi1, k, grid)
+            a_n = a_t.numpy()
+            tp, tr, a, b = _pair(lambda: w @ a_t, lambda: ref.cxb_blocks(wn, a_n, zero), repeats * 20)
+            out["note"] = f"w [{starts}, 15] @ A [15, 74]"
+        elif name == "CXB, cube path":
+            tp, tr, a, b = _pair(lambda: cxb_from_cube(apply_block_weights(phi1, w, grid), k, grid),
+                                 lambda: ref.cxb_cube(wn, phi1n, kn, bi, grid.logl, grid.dlogl, zero), repeats)
+            out["note"] = f"builds the [{starts}, 119, 120, 60] cube"
+        elif name == "N(>S), cube":
+            phi0 = build_phi0(grid)
+            m = build_counts_model(load_counts("lehmer12_cdfs4ms_agn_cumulative_2_8keV"), grid, phi0, tab)
+            phi = apply_block_weights(phi0, w, grid)
+            phiz = m.on_model_z(phi).numpy()
+            args = (m.log_k.numpy(), m.fluxes.numpy(), m.vol.numpy(), m.dlognh.numpy(), m.dlogl.numpy(),
+                    m.logl_edges.numpy())
+            tp, tr, a, b = _pair(lambda: m.cumulative_cube(phi), lambda: ref.cumulative_counts(phiz, *args), repeats)
+            out["note"] = f"CDF-S 2-8 keV, 10 fluxes, 64 draws, {starts} cube(s)"
+        else:
+            raise SystemExit(f"unknown case {name}")
+    out.update(popsynth_s=tp, reference_s=tr, ratio=tr / tp, max_rel_diff=_agree(a, b))
+    return out
+
+
+# ------------------------------------------------------------------ driver
+def _subprocess(args: list[str], env: dict, timeout: float) -> tuple[dict | None, float, float, str]:
+    """Run a child; returns (its JSON line or None, wall s, peak RSS MiB of the child, stderr tail)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    wall = time.perf_counter() - t
+    # ru_maxrss of children is the max over all waited-for children: run the cases from the
+    # smallest to the largest, or read the child's own number (kernel cases print it)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    data = None
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            data = json.loads(line)
+            break
+    return data, wall, max(peak, before / 1024) if data is None else data.get("peak_rss_mib", peak), p.stderr[-2000:]
+
+
+def _run_case_child(name, repeats, starts):
+    res = kernel_case(name, repeats, starts)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(res))
+
+
+def _train(out_dir: Path, extra: list[str], env: dict, timeout: float) -> dict:
+    """train.py as a user runs it, timed with /usr/bin/time-like accounting via a wrapper child."""
+    code = ("import resource, runpy, sys, time, json; t = time.perf_counter(); sys.argv = ['train.py'] + sys.argv[1:];\n"
+            "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print(json.dumps({'wall_s': time.perf_counter() - t, "
+            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    args = [sys.executable, "-c", code, "--spec-set", "5", "--quiet", "--out", str(out_dir)] + extra
+    load0 = os.getloadavg()
+    data, wall, peak, err = _subprocess(args, env, timeout)
+    summ = {}
+    try:
+        summ = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return {"args": " ".join(extra), "wall_s": (data or {}).get("wall_s", wall), "peak_rss_mib": peak,
+            "setup_s": summ.get("setup_seconds"), "steps": summ.get("steps_done"), "load_before": load0,
+            "load_after": os.getloadavg(), "ok": data is not None, "stderr": "" if data else err}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, small batches, no 10^5-start run")
+    ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads of every case (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    ap.add_argument("--case", nargs=3, metavar=("NAME", "REPEATS", "STARTS"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.case:
+        _run_case_child(a.case[0], int(a.case[1]), int(a.case[2]))
+        return
+    env = dict(os.environ)
+    if a.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(a.threads)
+    repeats = a.repeats or (3 if a.quick else 7)
+    kernels = [("phi cube", 1), ("CXB kernel", 1), ("block response", 1), ("CXB, block path", 100),
+               ("CXB, block path", 10000), ("CXB, cube path", 1 if a.quick else 10), ("N(>S), cube", 1)]
+    t_all = time.time()
+    rows = []
+    for name, b in kernels:
+        load0 = os.getloadavg()
+        data, wall, peak, err = _subprocess([sys.executable, __file__, "--case", name, str(repeats), str(b)], env, 1800)
+        if data is None:
+            print(f"{name}: failed\n{err}", file=sys.stderr)
+            continue
+        data.update(load_before=load0, load_after=os.getloadavg())
+        rows.append(data)
+        print(f"{name:18s} B={b:<6d} popsynth {data['popsynth_s'] * 1e3:9.3f} ms  numpy {data['reference_s'] * 1e3:9.3f} ms  "
+              f"numpy/popsynth {data['ratio']:6.2f}  diff {data['max_rel_diff']:.1e}  RSS {data['peak_rss_mib']:.0f} MiB  "
+              f"load {load0[0]:.2f}", file=sys.stderr)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ends = [("default fit, --mode joint", ["--mode", "joint"]),
+                ("--mode cxb --starts 10000", ["--mode", "cxb", "--starts", "10000"])]
+        if not a.quick:
+            ends.append(("--mode cxb --starts 100000", ["--mode", "cxb", "--starts", "100000"]))
+        for i, (label, extra) in enumerate(ends):
+            r = _train(Path(tmp) / f"run{i}", extra, env, 3600)
+            r["label"] = label
+            runs.append(r)
+            print(f"{label:28s} wall {r['wall_s']:7.1f} s  set-up {r['setup_s'] or float('nan'):5.1f} s  "
+                  f"steps {r['steps']}  peak RSS {r['peak_rss_mib']:.0f} MiB  load {r['load_before'][0]:.2f}",
+                  file=sys.stderr)
+    import numpy
+    import torch
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": socket.gethostname(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "threads": a.threads or torch.get_num_threads(), "quick": a.quick, "repeats": repeats,
+            "total_s": time.time() - t_all}
+    res = {"meta": meta, "kernels": rows, "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"run_{socket.gethostname()}{'_quick' if a.quick else ''}.json"
+    path.write_text(json.dumps(res, indent=1))
+    block = render(res)
+    print(block)
+    if not a.no_readme:
+        text = README.read_text()
+        if START in text and END in text:
+            text = text[:text.index(START) + len(START)] + "\n" + block + "\n" + text[text.index(END):]
+            README.write_text(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def render(res: dict) -> str:
+    m = res["meta"]
+    lines = [f"Generated by `python benchmarks/run.py{' --quick' if m['quick'] else ''}` on {m['date']}, host "
+             f"`{m['host']}` ({m['cpus']} CPUs, {m['threads']} torch threads), Python {m['python']}, torch {m['torch']}, "
+             f"numpy {m['numpy']}; medians of {m['repeats']} alternating repeats; load = 1-min load average "
+             "before the case (the machine's other work).", "",
+             "| kernel | starts | popsynth | numpy reference | numpy / popsynth | max rel. diff | peak RSS | load |",
+             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda s: f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
+    for r in res["kernels"]:
+        lines.append(f"| {r['case']} ({r['note']}) | {r['starts']} | {fmt(r['popsynth_s'])} | {fmt(r['reference_s'])} | "
+                     f"{r['ratio']:.2f} | {r['max_rel_diff']:.1e} | {r['peak_rss_mib']:.0f} MiB | {r['load_before'][0]:.2f} |")
+    lines += ["", "| run (`python train.py --spec-set 5 ...`, warm cache) | wall | set-up | LM steps | peak RSS | load |",
+              "|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        setup = f"{r['setup_s']:.1f} s" if r["setup_s"] is not None else "-"
+        lines.append(f"| `{r['args']}` | {r['wall_s']:.1f} s | {setup} | {r['steps']} | {r['peak_rss_mib']:.0f} MiB | "
+                     f"{r['load_before'][0]:.2f} |" + ("" if r["ok"] else " failed"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
