@@ -25,6 +25,10 @@ class CosmologyParams:
     H0: float = 70.0
     Om0: float = 0.3
 
+    def describe(self) -> dict:
+        """Plain-dict form for file headers: {"H0": km/s/Mpc, "Om0": ..., "flat": True}."""
+        return {"H0": float(self.H0), "Om0": float(self.Om0), "flat": True}
+
     def astropy(self):
         """The matching ``astropy.cosmology.FlatLambdaCDM`` (no radiation, Tcmb0 = 0)."""
         from astropy.cosmology import FlatLambdaCDM

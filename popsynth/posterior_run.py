@@ -24,6 +24,7 @@ import torch
 from . import __version__
 from .cxb import class_of_block
 from .grid import NH_CLASS_NAMES, block_names
+from .cosmology import CosmologyParams
 from .io import export_xlf_hdf5, run_files, write_a19_layout, write_cxb_table, write_json
 from .likelihood import Likelihood, LogWeightPrior, build_likelihood, smoothness_pairs
 from .posterior import SamplerConfig, interval, neg_log_posterior, quantiles, sample_posterior
@@ -131,7 +132,7 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
         "cxb_normalisations": _normalisation_samples(lik, ws, cfg.seed),
     }
     attrs = {"spec_set": cfg.spec_set, "mode": "posterior", "weights": w_mode.tolist(), "block_names": names,
-             "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "config": cfg.to_dict(),
+             "cosmology": CosmologyParams().describe(), "config": cfg.to_dict(),
              "phi": "cube at the posterior mode; phi_p16/p50/p84: percentile cubes over the posterior samples",
              "fit_statistics": fit_stats, "absorption_function": cfg.absorption,
              "xlf_start": cfg.xlf, "prior": prior.describe()}

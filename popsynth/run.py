@@ -728,7 +728,7 @@ def write_outputs(cfg: RunConfig, prob: Problem, w: torch.Tensor, step: int, ste
         fit_stats["ct_fractions_observed_vs_model"] = cons.ct_fractions(w[best:best + 1])
     spec = get_spectral_set(cfg.spec_set)
     attrs = {"spec_set": cfg.spec_set, "spec_set_description": spec.description, "spectral_set": spec.describe(),
-             "cosmology": {"H0": 70.0, "Om0": 0.3, "flat": True}, "weights": wb[0].tolist(), "block_names": block_names(),
+             "cosmology": CosmologyParams().describe(), "weights": wb[0].tolist(), "block_names": block_names(),
              "fit_statistics": fit_stats, "config": cfg.to_dict(), "best_start": best, "selection": select_rule,
              "absorption_function": cfg.absorption, "xlf_start": f"{STARTING_XLFS[cfg.xlf][1]} x absorption function"}
     export_xlf_hdf5(out / "xlf_best.h5", cube, grid, attrs,
