@@ -1,7 +1,7 @@
 """Fit and sample the physical population model (``popsynth physical``).
 
     popsynth physical --spec-set 5 [--config FILE] [--out DIR] [--starts 8] [--chains 4]
-                      [--warmup 300] [--samples 500] [--seed 0] [--no-sample] [--profile-sets 1,2,3,4,5]
+                      [--warmup 300] [--samples 500] [--seed 0] [--pilot] [--no-sample] [--profile-sets 1,2,3,4,5]
 
 1. Set-up: the block run's problem (:func:`popsynth.run.build_problem`: grid, spectral table of the
    set, CXB data, counts and CT-fraction survey models) and the kernels of every observable
@@ -10,9 +10,10 @@
    parameters (Jacobians by forward-mode autograd) from ``--starts`` starts (the configured values
    and draws from the prior); the residuals are those of the shared likelihood plus the prior's.
 3. NUTS (pyro-ppl, the block posterior's sampler :func:`popsynth.posterior._nuts`): chains as one
-   product-space batch, whitened by the Laplace approximation at the mode for a pilot run
-   (``--warmup`` + ``--warmup``), then by the pilot's covariance for the main run
-   (``--warmup`` + ``--samples``); R-hat and bulk ESS from ``pyro.ops.stats``.
+   product-space batch in u, whitened by the Laplace approximation at the mode (``--warmup`` +
+   ``--samples`` per chain); with ``--pilot`` first a pilot run (``--warmup`` + ``--warmup``) whose
+   sample covariance whitens the main run, as the block posterior does. R-hat and bulk ESS
+   (of theta) from ``pyro.ops.stats``.
 4. Outputs in ``--out`` (default ``checkpoints/physical-set-N``): summary.json, parameters.md
    (posterior medians against the literature), xlf_best.h5 (phi at the mode; phi_p16/p50/p84 per
    cell over up to 200 posterior samples; the parameter samples), parameter_samples.csv,
@@ -210,7 +211,7 @@ class PhysicalSamples:
 
 
 def sample(pp: PhysicalProblem, u_mode: torch.Tensor, cov_u: torch.Tensor, chains: int = 4, warmup: int = 300,
-           samples: int = 500, seed: int = 0, progress: bool = False, pilot: bool = True) -> PhysicalSamples:
+           samples: int = 500, seed: int = 0, progress: bool = False, pilot: bool = False) -> PhysicalSamples:
     """NUTS around the mode (see the module docstring); returns the kept samples of the main run."""
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
@@ -252,7 +253,8 @@ def sample(pp: PhysicalProblem, u_mode: torch.Tensor, cov_u: torch.Tensor, chain
                             "pilot_divergences": div_pilot, "max_tree_depth": scfg.max_tree_depth,
                             "target_accept": scfg.target_accept, "seed": seed,
                             "sampler": "NUTS (pyro-ppl), chains as one product-space batch, unbounded coordinates "
-                                       "whitened by the Laplace approximation (pilot) and the pilot covariance (main)"})
+                                       "whitened by the Laplace approximation" + (" (pilot) and the pilot covariance (main)"
+                                                                                  if pilot else "")})
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -485,7 +487,7 @@ def write_corner(samples: np.ndarray, names: list, path: Path, truths=None, max_
 # ---------------------------------------------------------------------------- the whole run
 def run(spec_set: int = 5, model: PhysicalModel | None = None, out="checkpoints/physical-set-5", starts: int = 8,
         chains: int = 4, warmup: int = 300, samples: int = 500, seed: int = 0, draws: int = 64, do_sample: bool = True,
-        pilot: bool = True, progress: bool = False, log=print) -> dict:
+        pilot: bool = False, progress: bool = False, log=print) -> dict:
     """Set-up, mode, NUTS, outputs (see the module docstring); returns the summary dict."""
     t0 = time.time()
     pp = setup(spec_set, model, draws=draws, log=log)
@@ -568,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the starts and the sampler (0)")
     ap.add_argument("--draws", type=int, default=64, help="spectral draws per N_H cell (64, as train.py)")
     ap.add_argument("--no-sample", action="store_true", help="mode and Laplace approximation only")
-    ap.add_argument("--no-pilot", action="store_true", help="skip the pilot run (whiten by the Laplace approximation only)")
+    ap.add_argument("--pilot", action="store_true", help="a pilot run (--warmup + --warmup) whose covariance whitens the "
+                                                       "main run (default: the Laplace approximation whitens it)")
     ap.add_argument("--profile-sets", default=None, metavar="LIST",
                     help="comma-separated spectral sets: mode and Laplace evidence per set instead of sampling")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -612,7 +615,7 @@ def main(argv=None) -> int:
                 print(f"set {s}: delta ln Z {r['delta_ln_evidence']:+.2f}, -2 ln L {r['neg2_loglike']:.2f}")
             return 0
         s = run(a.spec_set, model, a.out or f"checkpoints/physical-set-{a.spec_set}", a.starts, a.chains, a.warmup,
-                a.samples, a.seed, a.draws, not a.no_sample, not a.no_pilot, progress=not a.quiet)
+                a.samples, a.seed, a.draws, not a.no_sample, a.pilot, progress=not a.quiet)
         print(format_summary(s))
         print(f"outputs in {Path(s['files']['summary']).parent}")
         return 0

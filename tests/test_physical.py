@@ -279,7 +279,7 @@ def test_cli_writes_the_outputs(pp, table, tmp_path, monkeypatch):
     monkeypatch.setattr(pr, "setup", fake_setup)
     out = tmp_path / "run"
     code = pr.main(["--config", str(cfg), "--out", str(out), "--starts", "2", "--chains", "2", "--warmup", "10",
-                    "--samples", "12", "--no-pilot", "--quiet"])
+                    "--samples", "12", "--quiet"])
     assert code == 0
     for f in ("summary.json", "xlf_best.h5", "parameter_samples.csv", "cxb_model.ecsv", "parameters.md"):
         assert (out / f).is_file(), f
