@@ -7,6 +7,7 @@ holds them as float64 tensors for the loss path.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,16 @@ class CosmologyParams:
         return {"H0": float(self.H0), "Om0": float(self.Om0), "flat": True}
 
     def astropy(self):
-        """The matching ``astropy.cosmology.FlatLambdaCDM`` (no radiation, Tcmb0 = 0)."""
-        from astropy.cosmology import FlatLambdaCDM
+        """The matching ``astropy.cosmology.FlatLambdaCDM`` (no radiation, Tcmb0 = 0); one
+        immutable instance per parameter set, built once per process."""
+        return _astropy_cosmology(float(self.H0), float(self.Om0))
 
-        return FlatLambdaCDM(H0=self.H0, Om0=self.Om0, Tcmb0=0.0)
+
+@functools.lru_cache(maxsize=8)
+def _astropy_cosmology(h0: float, om0: float):
+    from astropy.cosmology import FlatLambdaCDM
+
+    return FlatLambdaCDM(H0=h0, Om0=om0, Tcmb0=0.0)
 
 
 def distance_tables(z, params: CosmologyParams = CosmologyParams(), device=None) -> dict[str, torch.Tensor]:

@@ -24,8 +24,8 @@ from .constraints import DEFAULT_COUNTS, Constraints
 from .cxb import CXBModel, block_response, cxb_kernel
 from .data.cxb import TRAINING_SETS, load_cxb
 from .errors import PopsynthError, RunInterrupted
-from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, a19_cost, check_state, chi2_by_dataset,
-                  check_tensor, initial_weights, make_optimizer, prior_residuals, residuals)
+from .fit import (A19_CONVERGED_COST, LOSSES, Convergence, FitData, FitResiduals, a19_cost, check_state, chi2_by_dataset,
+                  check_tensor, initial_weights, make_optimizer)
 from .galaxies import GALAXY_MODELS
 from .grid import N_BLOCKS, NH_CLASS_NAMES, Grid, block_names
 from .io import (RunLock, check_output_folder, checkpoint_file, export_xlf_hdf5, load_checkpoint, run_files,
@@ -599,13 +599,9 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
     if cfg.mode == "posterior":  # the optimiser finds the posterior mode of the joint likelihood
         lik, prior = build_inference(cfg, prob, device)
         residual_fn = residual_fn_for(lik, prior)
-    else:
-        def residual_fn(w):
-            r = residuals(prob.model(w), prob.data, cfg.loss, cfg.sys_floor)
-            parts = [r, prior_residuals(w, cfg.weight_prior)]
-            if cfg.mode == "joint":
-                parts.append(prob.constraints.residuals(w))
-            return torch.cat(parts, dim=-1)
+    else:  # CXB (+ prior, + constraints in joint mode), with the Jacobian written out for LM
+        residual_fn = FitResiduals(prob.model, prob.data, cfg.loss, cfg.sys_floor, cfg.weight_prior,
+                                   prob.constraints if cfg.mode == "joint" else None)
 
     conv = Convergence(cfg.rtol, cfg.patience)
     if ckpt is not None:
