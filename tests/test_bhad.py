@@ -15,15 +15,11 @@ from popsynth.bhad import (DURAS2020_LX, LSUN_ERG_S, accreted_mass_density, bhad
 from popsynth.cosmology import CosmologyParams
 from popsynth.errors import PopsynthError
 from popsynth.grid import Grid, block_index_of
-from popsynth.results import load_run
-from popsynth.run import RunConfig, run
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bhad_run")
-    run(RunConfig(out=str(out), starts=6, draws=4, steps=20, mode="a19", progress=False), log=lambda *a: None)
-    return load_run(out)
+def tiny(tiny_a19_loaded):  # the session's shared tiny A19-mode run (tests/conftest.py)
+    return tiny_a19_loaded
 
 
 def test_delta_xlf_equals_hand_formula():

@@ -13,25 +13,19 @@ from astropy.table import Table
 from popsynth import compare
 from popsynth.errors import PopsynthError
 from popsynth.observables import counts_chi2
-from popsynth.results import load_run
-from popsynth.run import RunConfig, run
 from popsynth.xlf import ldde_ueda14
 
 matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="module")
-def a19_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cmp_a19")
-    run(RunConfig(out=str(out), starts=6, draws=4, steps=20, mode="a19", progress=False), log=lambda *a: None)
-    return out
+def a19_run(tiny_a19_run):  # the session's shared tiny A19-mode run (tests/conftest.py)
+    return tiny_a19_run
 
 
 @pytest.fixture(scope="module")
-def loaded(a19_run):
-    r = load_run(a19_run)
-    r.problem()
-    return r
+def loaded(tiny_a19_loaded):
+    return tiny_a19_loaded
 
 
 # ------------------------------------------------------------------ transcriptions

@@ -11,18 +11,15 @@ from popsynth.forecast import (_truncate, forecast_survey, list_forecast_surveys
                                published_numbers, read_area_curve, resolve_survey, write_forecast)
 from popsynth.mock import run_spectral_table
 from popsynth.observables import build_survey_model
-from popsynth.results import load_run
-from popsynth.run import RunConfig, run
 from popsynth.survey import Survey, get_survey
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fcrun")
-    # joint mode: one chi^2 of CXB + counts + CT fractions, so the best start is fitted to the surveys
-    run(RunConfig(out=str(out), starts=4, draws=4, steps=20, mode="joint", progress=False), log=lambda *a, **k: None)
-    r = load_run(out)
-    return {"dir": out, "r": r, "table": run_spectral_table(r), "prob": r.problem()}
+def ctx(tiny_joint_run, tiny_joint_loaded):
+    # the session's shared tiny joint-mode run (tests/conftest.py): one chi^2 of CXB + counts + CT
+    # fractions, so the best start is fitted to the surveys
+    r = tiny_joint_loaded
+    return {"dir": tiny_joint_run, "r": r, "table": run_spectral_table(r), "prob": r.problem()}
 
 
 def test_forecast_equals_survey_model(ctx):

@@ -17,16 +17,12 @@ from popsynth.errors import PopsynthError
 from popsynth.mock import (DEFAULT_BANDS, FluxCalculator, MockSpec, band_column, draw_mock, expected_numbers, main,
                            make_mock, mock_cube, read_mock, run_spectral_table)
 from popsynth.observables import band_flux_factor, build_survey_model, z_range_weights
-from popsynth.results import load_run
-from popsynth.run import RunConfig, run
 from popsynth.survey import FULL_SKY_DEG2, Survey, get_survey
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mockrun")
-    run(RunConfig(out=str(out), starts=4, draws=4, steps=20, mode="joint", progress=False), log=lambda *a, **k: None)
-    r = load_run(out)
+def ctx(tiny_joint_run, tiny_joint_loaded):  # the session's shared tiny joint-mode run (tests/conftest.py)
+    out, r = tiny_joint_run, tiny_joint_loaded
     prob = r.problem()
     table = run_spectral_table(r)
     phi, w, _ = mock_cube(r)

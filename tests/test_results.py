@@ -6,14 +6,11 @@ import pytest
 
 from popsynth.errors import PopsynthError
 from popsynth.results import load_run
-from popsynth.run import RunConfig, run
 
 
 @pytest.fixture(scope="module")
-def a19_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("a19")
-    run(RunConfig(out=str(out), starts=6, draws=4, steps=20, mode="a19", progress=False), log=lambda *a: None)
-    return out
+def a19_run(tiny_a19_run):  # the session's shared tiny A19-mode run (tests/conftest.py)
+    return tiny_a19_run
 
 
 def test_a19_run_reads_back(a19_run):

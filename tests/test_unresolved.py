@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 
 from popsynth.errors import PopsynthError
-from popsynth.results import load_run
-from popsynth.run import RunConfig, run
 from popsynth.spectra.primary import KEV_ERG
 from popsynth.unresolved import (LI2019_BANDS, band_photon_intensity, build_unresolved_model, hardness_ratios,
                                  li2019_measured, main, powerlaw_hr_grid)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("unres_run")
-    run(RunConfig(out=str(out), starts=6, draws=4, steps=20, mode="a19", progress=False), log=lambda *a: None)
-    r = load_run(out)
-    return r, build_unresolved_model(r)
+def tiny(tiny_a19_loaded):  # the session's shared tiny A19-mode run (tests/conftest.py)
+    return tiny_a19_loaded, build_unresolved_model(tiny_a19_loaded)
 
 
 def test_infinite_limit_recovers_run_cxb(tiny):
