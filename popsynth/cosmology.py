@@ -55,9 +55,20 @@ def distance_tables(z, params: CosmologyParams = CosmologyParams(), device=None)
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 1 or not np.all(np.isfinite(z)) or np.any(z <= 0):
         raise PopsynthError("redshift grid must be a 1-D array of finite values > 0", "check the z grid")
-    cosmo = params.astropy()
-    d_l = cosmo.luminosity_distance(z).to_value("Mpc") * MPC_CM
-    dvc = cosmo.differential_comoving_volume(z).to_value("Mpc3 / sr")
-    ez = cosmo.efunc(z)
-    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=DTYPE, device=device)  # noqa: E731
+    d_l, dvc, ez = _distances(z.tobytes(), float(params.H0), float(params.Om0))
+    t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), dtype=DTYPE, device=device)  # a copy  # noqa: E731
     return {"z": t(z), "d_l_cm": t(d_l), "dvc_dz_dsr_mpc3": t(dvc), "efunc": t(ez)}
+
+
+@functools.lru_cache(maxsize=64)
+def _distances(z_bytes: bytes, h0: float, om0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d_L in cm, dV_c/dz/dOmega in Mpc^3 sr^-1, E(z)) for the float64 redshifts in ``z_bytes``,
+    computed once per process for each grid (the run set-up asks for the same nodes many times).
+    The arrays are read-only."""
+    z = np.frombuffer(z_bytes, dtype=np.float64)
+    cosmo = _astropy_cosmology(h0, om0)
+    out = (cosmo.luminosity_distance(z).to_value("Mpc") * MPC_CM,
+           cosmo.differential_comoving_volume(z).to_value("Mpc3 / sr"), np.asarray(cosmo.efunc(z), dtype=np.float64))
+    for a in out:
+        a.setflags(write=False)
+    return out
