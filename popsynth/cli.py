@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "a19-full-absorber = reflection also Compton-attenuated; transmitted = no reflection, no torus")
     p.add_argument("--torus-table", metavar="FITS",
                    help="XSPEC torus atable (torus1006.fits, UXCLUMPY, borus02) replacing the built-in Monte Carlo torus")
+    p.add_argument("--model", metavar="{blocks,physical}",
+                   help="blocks (default): the 15 block weights of A19 on the U14+R15 cube; physical: the "
+                        "physical-parameter model (U14 LDDE and A19 absorption-function parameters), run by "
+                        "'popsynth physical' with the remaining options (see 'popsynth physical --help')")
     p.add_argument("--mode", metavar="{posterior,a19,joint,cxb}",
                    help="posterior (default): the joint likelihood of CXB + counts + CT fractions, its mode by the "
                         "batched optimiser, then NUTS chains (medians and 16-84 %% intervals of everything); "
@@ -234,10 +238,42 @@ def _interrupted(intr) -> str:
             "rerun the same command to start again")
 
 
+MODELS = ("blocks", "physical")
+
+
+def _split_model(argv) -> tuple[str | None, list[str]]:
+    """(the value of --model or None, the other arguments)."""
+    model, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--model":
+            model = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 2
+            continue
+        if a.startswith("--model="):
+            model = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return model, rest
+
+
 def main(argv=None) -> int:
     """Run train.py with ``argv`` (default sys.argv[1:]); returns the exit code: 0 done, 2 bad
-    input (one line "error: <what is wrong>; <what to do>" on stderr), 130 interrupted."""
-    args = build_parser().parse_args(argv)
+    input (one line "error: <what is wrong>; <what to do>" on stderr), 130 interrupted.
+
+    ``--model physical`` hands the other arguments to ``popsynth physical``
+    (:func:`popsynth.physical_run.main`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model, rest = _split_model(argv)
+    if model is not None and model not in MODELS:
+        print(f"error: unknown model {model!r}; use --model blocks (default) or --model physical", file=sys.stderr)
+        return 2
+    if model == "physical":
+        from .physical_run import main as physical_main
+
+        return physical_main(rest)
+    args = build_parser().parse_args(rest)
     given = _given(args)
     try:
         from .errors import RunInterrupted

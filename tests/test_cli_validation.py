@@ -570,3 +570,17 @@ def test_progress_bar_on_a_pipe_is_short(tmp_path):
     q.update(5, "y")
     q.close()
     assert quiet.getvalue() == ""
+
+
+def test_model_flag_dispatches(capsys):
+    """--model blocks is train.py's own fit; --model physical hands the other options to
+    'popsynth physical' (its own checks); anything else is a one-line error."""
+    from popsynth.cli import main
+
+    assert main(["--model", "tensor"]) == 2
+    assert "unknown model 'tensor'" in capsys.readouterr().err
+    assert main(["--model", "blocks", "--spec-set", "9"]) == 2
+    assert "unknown spectral set" in capsys.readouterr().err
+    assert main(["--model=physical", "--spec-set", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
