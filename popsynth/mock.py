@@ -16,10 +16,11 @@ The model the catalogue realises (the engine's own; see :mod:`popsynth.observabl
 
 phi(z, log L, log N_H) in Mpc^-3 dex^-2 is held as cell averages on the grid: constant in log L
 inside a log L cell (so log L is drawn uniformly inside its cell), constant in log N_H inside a
-log N_H cell (drawn uniformly), and in z the engine integrates the piecewise-linear interpolant
-of phi dV_c/dz between the nodes (:func:`popsynth.observables.z_range_weights`). The mock draws
-z from exactly that density: the interpolant is a sum of "hat" functions, one per node, so a
-source of node i is drawn from hat_i(z) restricted to the requested z range. Each source gets a
+log N_H cell (drawn uniformly), and linear in z between the grid's nodes (a sum of "hat"
+functions, one per node), with the volume element dV_c/dz exact at every z: the model whose flux-
+selected observables :func:`popsynth.observables.build_survey_model` integrates on refined z
+sub-nodes. A source of node i is drawn from the density hat_i(z) dV_c/dz(z) restricted to the
+requested z range (rejection from the hat). Each source gets a
 spectral draw d, uniform over the spectral table's D draws (every draw has equal weight in the
 engine), and carries that draw's parameters (Gamma, R, E_cut in keV, theta_tor in deg,
 f_scatt), the obscured or unobscured set by its log N_H cell (log N_H >= 22 is obscured,
@@ -27,9 +28,10 @@ f_scatt), the obscured or unobscured set by its log N_H cell (log N_H >= 22 is o
 
 The expected number of sources of node i, log L cell l, log N_H cell n and draw d is
 
-    mu = A (pi/180)^2 dV_c/(dz dOmega)(z_i) W_i phi[i, l, n] dlogL_l dlogN_H_n / D,
+    mu = A (pi/180)^2 W_i phi[i, l, n] dlogL_l dlogN_H_n / D,
 
-A the area in deg^2, W_i = integral of hat_i over the z range (Mpc^3 sr^-1 for dV_c/dz dOmega).
+A the area in deg^2, W_i = integral of hat_i(z) dV_c/(dz dOmega)(z) over the z range (Mpc^3 sr^-1;
+Gauss-Legendre, 16 points per half hat).
 Counts are Poisson with these means; the catalogue is unclustered.
 
 Fluxes. The observed-frame energy flux of a source in the band [E1, E2] (keV) is
@@ -297,7 +299,7 @@ def _hat_halves(z: np.ndarray, i: int, lo: float, hi: float):
     return out
 
 
-def _draw_hat_z(rng, halves, n: int) -> np.ndarray:
+def _draw_hat_raw(rng, halves, n: int) -> np.ndarray:
     """n redshifts from node i's hat restricted to the z range (inverse CDF in each half)."""
     if n == 0:
         return np.zeros(0)
@@ -317,11 +319,26 @@ def _draw_hat_z(rng, halves, n: int) -> np.ndarray:
     return z
 
 
+def _draw_hat_z(rng, halves, n: int, dvdz=None, dvdz_max: float | None = None) -> np.ndarray:
+    """n redshifts with density hat_i(z) dV/dz(z) on node i's support (the engine's model: phi
+    linear in z between nodes, the volume element exact), by rejection from the hat with
+    acceptance dV/dz(z) / dvdz_max; without ``dvdz``, from the hat alone."""
+    if dvdz is None or n == 0:
+        return _draw_hat_raw(rng, halves, n)
+    out = np.empty(0)
+    while out.size < n:
+        m = n - out.size
+        z = _draw_hat_raw(rng, halves, int(m * 1.1) + 8)
+        keep = rng.random(z.size) * dvdz_max < dvdz(z)
+        out = np.concatenate([out, z[keep]])
+    return out[:n]
+
+
 class _Sampler:
     """Node-by-node Poisson sampler of one cube (see the module docstring)."""
 
     def __init__(self, phi, grid, flux: FluxCalculator, spec: MockSpec, cosmology=None):
-        from .cosmology import CosmologyParams, distance_tables
+        from .cosmology import CosmologyParams
         from .observables import SR_PER_DEG2, z_range_weights
 
         spec.check()
@@ -329,10 +346,21 @@ class _Sampler:
         self.z = np.asarray(grid.z, dtype=np.float64)
         self.wz = z_range_weights(self.z, spec.z_range)
         self.zlo, self.zhi = max(spec.z_range[0], self.z[0]), min(spec.z_range[1], self.z[-1])
-        dvol = distance_tables(self.z, CosmologyParams() if cosmology is None else cosmology)["dvc_dz_dsr_mpc3"].cpu().numpy()
+        cosmo = (CosmologyParams() if cosmology is None else cosmology).astropy()
+        self.dvdz = lambda zz: SR_PER_DEG2 * cosmo.differential_comoving_volume(zz).to_value("Mpc3 / sr")  # noqa: E731
         self.cell = np.outer(grid.dlogl, grid.dlognh)  # [nL, nN] dex^2
-        self.dvol_deg2 = SR_PER_DEG2 * dvol  # [nz] Mpc^3 deg^-2 per unit z
-        self.node_scale = spec.area_deg2 * self.dvol_deg2 * self.wz  # [nz] Mpc^3
+        # per node: W_i = int hat_i(z) dV/dz(z) dz over the z range (Mpc^3 deg^-2; Gauss-Legendre, 16
+        # points per half) and the largest dV/dz on the node's support (the rejection envelope)
+        x_gl, w_gl = np.polynomial.legendre.leggauss(16)
+        self.node_vol = np.zeros(self.z.size)
+        self.dvdz_max = np.zeros(self.z.size)
+        for i in np.nonzero(self.wz > 0)[0]:
+            for a, b, rising, _, z0, h in _hat_halves(self.z, i, self.zlo, self.zhi):
+                zq = 0.5 * (b - a) * x_gl + 0.5 * (b + a)
+                sq = (zq - z0) / h
+                self.node_vol[i] += (0.5 * (b - a) * w_gl * (sq if rising else 1 - sq) * self.dvdz(zq)).sum()
+                self.dvdz_max[i] = max(self.dvdz_max[i], 1.01 * self.dvdz(np.linspace(a, b, 65)).max())
+        self.node_scale = spec.area_deg2 * self.node_vol  # [nz] Mpc^3
         self.edges_l = np.asarray(grid.logl_edges, dtype=np.float64)
         self.edges_n = np.asarray(grid.lognh_edges, dtype=np.float64)
         self.nodes = np.nonzero(self.wz > 0)[0]
@@ -404,7 +432,7 @@ class _Sampler:
             lo = np.maximum(lo, t[d, n])
         logl = lo + rng.random(m) * (self.edges_l[l + 1] - lo)
         lognh = self.edges_n[n] + rng.random(m) * (self.edges_n[n + 1] - self.edges_n[n])
-        z = _draw_hat_z(rng, halves, m)
+        z = _draw_hat_z(rng, halves, m, self.dvdz, self.dvdz_max[i])
         keep = np.ones(m, bool)
         if spec.selection is not None:
             k = fl.k_factor(self.sel_band, d, n, z)
@@ -507,7 +535,7 @@ def expected_numbers(phi, grid, table, spec: MockSpec, fluxes=(), flux_band=None
     bins = [(max(a, smp.zlo), min(b, smp.zhi)) for a, b in z_bins]
     out = {"n_total": 0.0, "n_ct": 0.0, "n_above": np.zeros(fluxes.size), "n_zbin": np.zeros(len(bins))}
     for i in smp.nodes:
-        cell_n = spec.area_deg2 * smp.dvol_deg2[i] * phi[i] * smp.cell / fl.n_draws  # [nL, nN] per unit hat integral
+        cell_n = spec.area_deg2 * phi[i] * smp.cell / fl.n_draws  # [nL, nN] per unit volume (Mpc^3 deg^-2)
         pieces = [(a, b, rising, z0, h) for a, b, rising, _, z0, h in _hat_halves(smp.z, i, smp.zlo, smp.zhi)]
         ranges = [(None, smp.zlo, smp.zhi)] + [(k, a, b) for k, (a, b) in enumerate(bins)]
         for which, ra, rb in ranges:
@@ -517,7 +545,7 @@ def expected_numbers(phi, grid, table, spec: MockSpec, fluxes=(), flux_band=None
                     continue
                 zq = 0.5 * (hi - lo) * x_gl + 0.5 * (hi + lo)
                 sq = (zq - z0) / h
-                wq = 0.5 * (hi - lo) * w_gl * (sq if rising else 1 - sq)  # hat weight x dz
+                wq = 0.5 * (hi - lo) * w_gl * (sq if rising else 1 - sq) * smp.dvdz(zq)  # hat x dV/dz x dz
                 for zz, ww in zip(zq, wq):
                     ks = fl.k_grid(smp.sel_band or fband, np.array([zz]))[..., 0]  # [D, nN]
                     share = sel_share(np.log10(ks))  # [D, nL, nN]
