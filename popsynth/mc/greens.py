@@ -66,6 +66,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -210,6 +211,22 @@ class GreensTable:
     meta: dict = field(default_factory=dict)
     medium_ref: dict = field(default_factory=dict, repr=False, compare=False)
     _torch_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _lazy: "_LazyArrays | None" = field(default=None, repr=False, compare=False)
+
+    def __getattr__(self, name: str):
+        # Only reached when ordinary lookup fails: a big array of a table read lazily
+        # (read_greens(lazy=True), load_greens) that has not been used yet is read now.
+        lazy = self.__dict__.get("_lazy")
+        if lazy is not None and name in lazy.names:
+            value = lazy.read(name)
+            self.__dict__[name] = value
+            return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def loaded_arrays(self) -> tuple[str, ...]:
+        """Names of the big arrays (``G``, ``G_line``, ``T_mc`` and their errors) held in memory;
+        those of a lazily read table that were never used are still on disk."""
+        return tuple(n for n in _ARRAYS if n in self.__dict__)
 
     @property
     def n_in(self) -> int:
@@ -1074,8 +1091,60 @@ def write_greens(table: GreensTable, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_greens(path: str | os.PathLike, expect_version_key: str | None = None) -> GreensTable:
+#: dtype in memory of each big array (float16 error arrays are widened as before).
+_ARRAY_DTYPES = {"G": np.float32, "G_line": np.float32, "T_mc": np.float32, "G_rel_err": np.float32,
+                 "G_line_rel_err": np.float32, "T_mc_rel_err": np.float32}
+
+
+def _file_stamp(path: Path):
+    """(size, mtime_ns, ctime_ns, inode) of a file, None if it cannot be stat'ed: a rewritten or
+    replaced file gets another stamp."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class _LazyArrays:
+    """The big arrays of a table read with ``read_greens(lazy=True)``: each is read from the
+    file on first use (:meth:`GreensTable.__getattr__`), if the file is still the one the
+    table was read from (same stamp before and after the read), else PopsynthError."""
+
+    def __init__(self, path: Path, stamp, names):
+        self.path, self.stamp, self.names = Path(path), stamp, frozenset(names)
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"path": self.path, "stamp": self.stamp, "names": self.names}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def read(self, name: str) -> np.ndarray:
+        import h5py
+
+        fix = "read the table again (read_greens, or load_greens in a new process)"
+        with self._lock:
+            if _file_stamp(self.path) != self.stamp:
+                raise PopsynthError(f"Green's function table {self.path} changed or vanished since it was "
+                                    f"read, so its {name} array can no longer be loaded", fix)
+            with h5py.File(self.path, "r") as f:
+                a = np.asarray(f[name][()], dtype=_ARRAY_DTYPES[name])
+            if _file_stamp(self.path) != self.stamp:
+                raise PopsynthError(f"Green's function table {self.path} changed while its {name} array "
+                                    "was read", fix)
+        return a
+
+
+def read_greens(path: str | os.PathLike, expect_version_key: str | None = None, lazy: bool = False) -> GreensTable:
     """Read a table written by :func:`write_greens`.
+
+    lazy: read the grids, metadata and bookkeeping arrays now, and each of the big arrays
+    (``G``, ``G_line``, ``T_mc`` and their relative errors; 270 MB in memory for the shipped
+    torus) only when it is first used, from the same file (a PopsynthError if the file has
+    changed since). The spectra use ``G`` and ``G_line`` only, the load-time check none of them.
 
     Raises PopsynthError if the file is missing, has another format version, or (when
     ``expect_version_key`` is given) another version key: then rebuild it with
@@ -1089,6 +1158,7 @@ def read_greens(path: str | os.PathLike, expect_version_key: str | None = None) 
             f"Green's function table {path} not found",
             "rebuild it with 'python -m popsynth.mc.build --kind all --out data/greens/'",
         )
+    stamp = _file_stamp(path) if lazy else None
     with h5py.File(path, "r") as f:
         meta = {}
         for k, v in f.attrs.items():
@@ -1107,11 +1177,13 @@ def read_greens(path: str | os.PathLike, expect_version_key: str | None = None) 
                 f"{path} has version key {meta.get('version_key')}, expected {expect_version_key}",
                 "rebuild it with 'python -m popsynth.mc.build'",
             )
-        arr = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset) and k != MEDIUM_DATASET}
+        arr = {k: f[k][()] for k in f.keys()
+               if isinstance(f[k], h5py.Dataset) and k != MEDIUM_DATASET and not (lazy and k in _ARRAYS)}
         medium_ref = _read_medium_reference(f)
         kind = str(f.attrs["kind"])
         n_torus = int(f.attrs["n_torus_bins"])
-    return GreensTable(
+    big = {k: (None if lazy else np.asarray(arr[k], dtype=_ARRAY_DTYPES[k])) for k in _ARRAYS}
+    table = GreensTable(
         kind=kind,
         e_in_edges=arr["e_in_edges"].astype(np.float64),
         e_out_edges=arr["e_out_edges"].astype(np.float64),
@@ -1121,15 +1193,16 @@ def read_greens(path: str | os.PathLike, expect_version_key: str | None = None) 
         n_torus_bins=n_torus,
         line_names=tuple(s.decode() if isinstance(s, bytes) else str(s) for s in arr["line_names"]),
         line_energies_keV=arr["line_energies_keV"].astype(np.float64),
-        G=arr["G"].astype(np.float32), G_line=arr["G_line"].astype(np.float32),
-        T_mc=arr["T_mc"].astype(np.float32),
-        G_rel_err=arr["G_rel_err"].astype(np.float32),
-        G_line_rel_err=arr["G_line_rel_err"].astype(np.float32),
-        T_mc_rel_err=arr["T_mc_rel_err"].astype(np.float32),
+        **big,
         photons=arr["photons"].astype(np.int64),
         absorbed=arr["absorbed"].astype(np.float64), dropped=arr["dropped"].astype(np.float64),
         roulette=arr["roulette"].astype(np.float64), meta=meta, medium_ref=medium_ref,
     )
+    if lazy:
+        for k in _ARRAYS:  # not in the instance: the first access goes to __getattr__, which reads it
+            del table.__dict__[k]
+        table._lazy = _LazyArrays(path, stamp, _ARRAYS)
+    return table
 
 
 def default_table_path(kind: str) -> Path:
@@ -1179,7 +1252,7 @@ def _load(kind: str) -> tuple[GreensTable, TableCheck]:
     if key is not None and key in _LOADED:
         table = _LOADED[key]
     else:
-        table = read_greens(path)
+        table = read_greens(path, lazy=True)  # the big arrays are read when first used
         if key is not None:
             _LOADED[key] = table
     return table, _check_loaded(path, key, table)
@@ -1189,7 +1262,9 @@ def load_greens(kind: str) -> GreensTable:
     """Read the shipped table of ``kind`` ("torus" or "slab") from data/greens/.
 
     Tables are read once per process (keyed by path, size and modification time) and shared;
-    treat the returned table as read-only. Each file is checked once per process against
+    treat the returned table as read-only. They are read lazily (``read_greens(lazy=True)``):
+    the grids and metadata now, each big array when first used (the spectra use ``G`` and
+    ``G_line``; the error arrays and ``T_mc`` stay on disk unless something asks for them). Each file is checked once per process against
     today's code and physics data (:func:`check_table` on a sample of the medium nodes,
     ~0.15 s; :func:`check_shipped_tables`); a stale table is still returned, with one
     :class:`StaleTableWarning` per file and process naming what differs and the fix."""

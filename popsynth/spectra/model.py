@@ -21,6 +21,7 @@ primary), on a rest-frame energy grid in keV.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -273,7 +274,9 @@ def _greens_sha256(kind: str, table) -> str:
             if (st.st_size, st.st_mtime_ns) == tuple(k[1:]):
                 return file_sha256(k[0])
             break
-    names = sorted(k for k, v in vars(table).items() if isinstance(v, np.ndarray))
+    # every array field (getattr: a lazily read table reads the arrays it has not used yet)
+    fields = [f.name for f in dataclasses.fields(table)] if dataclasses.is_dataclass(table) else list(vars(table))
+    names = sorted(k for k in fields if isinstance(getattr(table, k), np.ndarray))
     return "arrays:" + _arrays_sha256(*(getattr(table, k) for k in names))
 
 
