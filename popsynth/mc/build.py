@@ -6,7 +6,9 @@
 Each configuration (log N_H, theta_tor node of the torus; the one semi-infinite slab) runs
 ``--photons`` photons spread evenly over the input energy bins, on the chosen device, with a
 seed derived from ``--seed`` and the configuration index (so a rebuild is reproducible and
-configurations are independent). Progress is printed one line per configuration. Tables are
+configurations are independent). ``--workers N`` runs the configurations as tasks on a Dask
+LocalCluster of N single-threaded processes (``--scheduler ADDRESS``: an existing cluster, e.g.
+a dask-jobqueue one); the tables are the same as a serial build's. Progress is printed one line per configuration. Tables are
 written atomically (temporary file, then os.replace) to ``<out>/torus.h5`` and
 ``<out>/slab.h5``. On a GPU use many more photons (e.g. ``--photons 5e7 --device cuda
 --max-active 4000000``) to shrink the Monte Carlo errors; see data/greens/README.md.
@@ -104,6 +106,18 @@ def make_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: robust on a shared machine; try 2+ on an idle one)",
     )
     p.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
+    p.add_argument(
+        "--workers", type=int, default=0,
+        help=(
+            "run the configurations as tasks on a Dask LocalCluster of this many single-threaded "
+            "worker processes (default 0: one after the other in this process); the table is the "
+            "same, each configuration having its own seed"
+        ),
+    )
+    p.add_argument(
+        "--scheduler", default=None,
+        help="address of an existing Dask scheduler to run the configurations on (instead of --workers)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--check", action="store_true",
@@ -167,31 +181,54 @@ def main(argv: list[str] | None = None) -> int:
             return _add_reference(kinds, Path(args.out), medium.to("cpu"))
         max_active = args.max_active or ((1 << 21) if dev.type == "cuda" else (1 << 16))
         say = None if args.quiet else (lambda line: print(line, flush=True))
-        for kind in kinds:
-            photons = int(args.photons) if args.photons else DEFAULT_PHOTONS[kind]
-            tk = time.perf_counter()
-            table = build_table(
-                kind, medium, photons=photons, seed=args.seed, device=dev,
-                log_nh=args.log_nh if kind == "torus" else None,
-                theta_tor_deg=args.theta if kind == "torus" else None,
-                n_batches=args.batches, progress=say, max_active=max_active,
-            )
-            table.meta["command"] = "python -m popsynth.mc.build " + " ".join(
-                sys.argv[1:] if argv is None else argv
-            )
-            table.meta["threads"] = int(torch.get_num_threads())
-            path = write_greens(table, Path(args.out) / f"{kind}.h5")
-            size = path.stat().st_size / 1e6
-            print(
-                f"wrote {path} ({size:.1f} MB): {kind}, {photons:,} photons per configuration, "
-                f"{time.perf_counter() - tk:.0f} s, version key {table.version_key}",
-                flush=True,
-            )
+        if args.workers < 0:
+            raise PopsynthError(f"--workers {args.workers} is negative", "pass 0 (this process) or more workers")
+        client = cluster = None
+        map_fn = map
+        if args.workers or args.scheduler:
+            from ..sweep import _client
+            from .greens import dask_map
+
+            client, cluster = _client(args.scheduler, args.workers or 1)
+            map_fn = dask_map(client)
+            print(f"configurations run as tasks on {args.scheduler or f'a LocalCluster of {args.workers} workers'}",
+                  flush=True)
+        try:
+            _build(args, argv, kinds, medium, dev, max_active, say, map_fn)
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
         print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     except PopsynthError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _build(args, argv, kinds, medium, dev, max_active, say, map_fn) -> None:
+    """Build and write the tables of ``kinds``, the configurations run by ``map_fn``."""
+    for kind in kinds:
+        photons = int(args.photons) if args.photons else DEFAULT_PHOTONS[kind]
+        tk = time.perf_counter()
+        table = build_table(
+            kind, medium, photons=photons, seed=args.seed, device=dev,
+            log_nh=args.log_nh if kind == "torus" else None,
+            theta_tor_deg=args.theta if kind == "torus" else None,
+            n_batches=args.batches, progress=say, map_fn=map_fn, max_active=max_active,
+        )
+        table.meta["command"] = "python -m popsynth.mc.build " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        table.meta["threads"] = int(torch.get_num_threads())
+        path = write_greens(table, Path(args.out) / f"{kind}.h5")
+        size = path.stat().st_size / 1e6
+        print(
+            f"wrote {path} ({size:.1f} MB): {kind}, {photons:,} photons per configuration, "
+            f"{time.perf_counter() - tk:.0f} s, version key {table.version_key}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -337,6 +337,58 @@ def simulate_config(
     )
 
 
+class _ConfigJob(NamedTuple):
+    """One configuration of :func:`build_table`, self-contained (picklable) for ``map_fn``."""
+
+    kind: str
+    column: float  # torus: 10 ** log N_H of the node (cm^-2)
+    theta_tor_deg: float
+    slab_column_cm2: float | None
+    e_in: np.ndarray
+    e_out: np.ndarray
+    cos_edges: np.ndarray
+    seed: int
+    device: str
+    medium: Medium
+    photons: int
+    n_batches: int
+    forced: bool
+    transport_kw: dict
+    threads: int
+
+
+def run_config_job(job: _ConfigJob) -> ConfigResult:
+    """Run one configuration of :func:`build_table` (in this process or on a worker): its
+    geometry, tally grid and seeded generator, with the building process's torch thread count."""
+    from .geometry import SlabGeometry, SphereBiconeGeometry
+
+    if torch.get_num_threads() != job.threads:
+        torch.set_num_threads(job.threads)
+    dev = torch.device(job.device)
+    if job.kind == "torus":
+        geom = SphereBiconeGeometry(job.column, job.theta_tor_deg)
+    else:
+        geom = SlabGeometry(job.slab_column_cm2)
+    grid = TallyGrid(torch.as_tensor(job.e_in), torch.as_tensor(job.e_out), torch.as_tensor(job.cos_edges))
+    gen = torch.Generator(device=dev).manual_seed(job.seed)
+    return simulate_config(geom, job.medium, grid, job.photons, gen, n_batches=job.n_batches, forced=job.forced,
+                           **job.transport_kw)
+
+
+def dask_map(client) -> Callable:
+    """A ``map_fn`` for :func:`build_table` running each configuration as a task on the Dask
+    ``client`` (a ``distributed.Client``): results come back in job order, each as soon as it
+    and those before it are done (so progress lines keep coming)."""
+    def map_fn(fn, jobs):
+        futures = client.map(fn, list(jobs), pure=False)
+        try:
+            for f in futures:
+                yield f.result()
+        finally:
+            client.cancel(futures)
+    return map_fn
+
+
 def config_seed(seed: int, kind: str, index: int) -> int:
     """Independent, reproducible 63-bit seed for configuration ``index`` of a ``kind`` build."""
     h = hashlib.sha256(f"popsynth.mc:{seed}:{kind}:{index}".encode()).hexdigest()
@@ -368,6 +420,7 @@ def build_table(
     n_batches: int = 8,
     forced: bool = True,
     progress: Callable[[str], None] | None = None,
+    map_fn: Callable = map,
     **transport_kw,
 ) -> GreensTable:
     """Run the Monte Carlo over a whole grid and return a :class:`GreensTable`.
@@ -377,9 +430,12 @@ def build_table(
     slab unless ``slab_column_cm2``; ``n_inc`` equal cos i bins). photons: photons per
     configuration. seed: base seed (each configuration gets :func:`config_seed`). device: where
     the photons run. progress: callable receiving one line of text per configuration.
+    map_fn: ``map_fn(function, jobs)`` -> the results in the order of the jobs (default the
+    builtin ``map``, one configuration after the other in this process); e.g.
+    :func:`dask_map` runs the configurations as tasks on a Dask cluster. Each job carries its
+    configuration's seed and this process's torch thread count, so the table is the same
+    whatever runs the jobs.
     """
-    from .geometry import SlabGeometry, SphereBiconeGeometry
-
     dev = torch.device(device)
     e_in = input_energy_edges() if e_in_edges is None else np.asarray(e_in_edges, dtype=np.float64)
     e_out = output_energy_edges() if e_out_edges is None else np.asarray(e_out_edges, dtype=np.float64)
@@ -411,18 +467,18 @@ def build_table(
     worst_balance = 0.0
     t_start = time.perf_counter()
     total = n_nh * n_th
+    threads = int(torch.get_num_threads())
+    jobs = [
+        _ConfigJob(kind, 10.0 ** nh_nodes[a], float(th_nodes[b]), slab_column_cm2, e_in, e_out, cos_edges[b],
+                   config_seed(seed, kind, a * n_th + b), str(dev), medium, int(photons), int(n_batches),
+                   bool(forced), dict(transport_kw), threads)
+        for a in range(n_nh) for b in range(n_th)
+    ]
+    results = iter(map_fn(run_config_job, jobs))
     for a in range(n_nh):
         for b in range(n_th):
             idx = a * n_th + b
-            if kind == "torus":
-                geom = SphereBiconeGeometry(10.0 ** nh_nodes[a], float(th_nodes[b]))
-            else:
-                geom = SlabGeometry(slab_column_cm2)
-            grid = TallyGrid(
-                torch.as_tensor(e_in), torch.as_tensor(e_out), torch.as_tensor(cos_edges[b])
-            )
-            gen = torch.Generator(device=dev).manual_seed(config_seed(seed, kind, idx))
-            res = simulate_config(geom, medium, grid, photons, gen, n_batches=n_batches, forced=forced, **transport_kw)
+            res = next(results)
             G[a, b], G_line[a, b], T[a, b] = res.G, res.G_line, res.T_mc
             G_rel[a, b], G_line_rel[a, b], T_rel[a, b] = res.G_rel_err, res.G_line_rel_err, res.T_mc_rel_err
             n_ph[a, b] = res.photons
