@@ -246,12 +246,14 @@ class LevenbergMarquardt(Optimizer):
         u, lam = state["u"], state["lam"]
         fn = lambda uu: residual_fn(torch.exp(uu))  # noqa: E731
         jac_w = getattr(residual_fn, "jacobian", None)  # explicit Jacobian (FitResiduals), else autograd
+        jac_u = getattr(residual_fn, "log_jacobian", None)  # the same times w, into a buffer
         b = u.shape[0]
         if b <= self.chunk:
-            return self._step(u, lam, fn, jac_w)
+            return self._step(u, lam, fn, jac_w, jac_u)
         # the starts are independent: step them in chunks, so that the Jacobians [chunk, n, 15]
         # stay small (memory, cache) whatever the number of starts
-        parts = [self._step(u[i:i + self.chunk], lam[i:i + self.chunk], fn, jac_w) for i in range(0, b, self.chunk)]
+        parts = [self._step(u[i:i + self.chunk], lam[i:i + self.chunk], fn, jac_w, jac_u)
+                 for i in range(0, b, self.chunk)]
         return ({"u": torch.cat([p[0]["u"] for p in parts]), "lam": torch.cat([p[0]["lam"] for p in parts])},
                 torch.cat([p[1] for p in parts]))
 
@@ -262,14 +264,27 @@ class LevenbergMarquardt(Optimizer):
     #: little there. Larger batches use :func:`jacobian_rows` (agrees to ~1e-16 relative).
     small_batch = 256
 
-    def _step(self, u, lam, fn, jac_w=None):
+    def _jacobian_buffer(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        """A tensor of ``shape`` (dtype and device of ``like``) reused from step to step: freshly
+        allocated Jacobians of thousands of starts cost more in page faults than in arithmetic.
+        Its previous contents are overwritten by the next call."""
+        buf = getattr(self, "_jac_buf", None)
+        if buf is None or buf.dtype != like.dtype or buf.device != like.device or buf.numel() < math.prod(shape):
+            buf = torch.empty(math.prod(shape), dtype=like.dtype, device=like.device)
+            self._jac_buf = buf
+        return buf[:math.prod(shape)].view(shape)
+
+    def _step(self, u, lam, fn, jac_w=None, jac_u=None):
         with torch.no_grad():
-            if jac_w is None:
+            if jac_w is None and jac_u is None:
                 r = fn(u)
                 if u.shape[0] <= self.small_batch:  # per-start jacfwd: the numbers of earlier versions
                     jac = torch.func.vmap(torch.func.jacfwd(lambda us: fn(us[None])[0]))(u)
                 else:
                     jac = jacobian_rows(fn, u)  # [B, n, p], same values up to rounding, far faster
+            elif jac_u is not None:  # d/du = d/dw * w, written into a buffer kept between steps
+                w = torch.exp(u)
+                r, jac = jac_u(w, alloc=self._jacobian_buffer)
             else:
                 w = torch.exp(u)
                 r, jw = jac_w(w)
@@ -355,6 +370,46 @@ class FitResiduals:
             rs.append(rc)
             js.append(jc)
         return torch.cat(rs, dim=-1), torch.cat(js, dim=1)
+
+    def log_jacobian(self, w: torch.Tensor, alloc: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r [B, n], J_u [B, n, 15]) with J_u = dr/d(ln w) = :meth:`jacobian`'s J_w * w[:, None, :],
+        the same numbers bit for bit (the same elementwise products), written block by block
+        into one tensor instead of concatenated and rescaled copies. alloc(shape, like) -> an
+        uninitialised tensor of that shape (e.g. a buffer reused between steps); default
+        torch.empty."""
+        pred = self.model(w)
+        resp = self.model.response.T  # [nE, 15]
+        if self.loss == "a19":
+            scale = torch.full_like(pred, (2.0 * self.data.n) ** -0.5)
+            r = (pred - self.data.obs) / (2.0 * self.data.n) ** 0.5
+        else:
+            sig = sigma(pred, self.data, self.sys_floor)
+            r = (pred - self.data.obs) / sig
+            scale = 1.0 / sig
+        b, n_e, n_w = w.shape[0], r.shape[1], w.shape[1]
+        rs = [r]
+        if self.weight_prior > 0:
+            rs.append(prior_residuals(w, self.weight_prior))
+        rc = jc = None
+        if self.constraints is not None:
+            rc, jc = self.constraints.residuals_and_jacobian(w)
+            rs.append(rc)
+        r_all = torch.cat(rs, dim=-1)
+        shape = (b, r_all.shape[1], n_w)
+        out = alloc(shape, w) if alloc is not None else torch.empty(shape, dtype=w.dtype, device=w.device)
+        wr = w[:, None, :]
+        j = out[:, :n_e]
+        torch.mul(resp[None], scale[..., None], out=j)
+        j.mul_(wr)
+        row = n_e
+        if self.weight_prior > 0:  # diag(1 / (w ln10 sigma)) * w: its diagonal times w, zeros elsewhere
+            j = out[:, row:row + n_w]
+            j.zero_()
+            j.diagonal(dim1=1, dim2=2).copy_((1.0 / (w * (math.log(10.0) * self.weight_prior))) * w)
+            row += n_w
+        if jc is not None:
+            torch.mul(jc, wr, out=out[:, row:])
+        return r_all, out
 
 
 OPTIMIZERS = {c.name: c for c in (LevenbergMarquardt, Adam, GradientDescent)}
