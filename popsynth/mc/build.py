@@ -34,8 +34,6 @@ SIMD ``exp`` differs from the build machine's, run it with the generic code path
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -191,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..sweep import _client
             from .greens import dask_map
 
-            with _glibc_malloc_defaults():
-                client, cluster = _client(args.scheduler, args.workers or 1)
+            client, cluster = _client(args.scheduler, args.workers or 1)
             map_fn = dask_map(client)
             print(f"configurations run as tasks on {args.scheduler or f'a LocalCluster of {args.workers} workers'}",
                   flush=True)
@@ -208,24 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-@contextlib.contextmanager
-def _glibc_malloc_defaults():
-    """Start a LocalCluster's workers without MALLOC_TRIM_THRESHOLD_. Dask's nannies set it
-    (65536) for their workers, and in this process's environment: setting it turns off glibc's
-    dynamic mmap threshold, so every MB-sized tensor of the photon loop is a fresh mmap, and a
-    configuration runs ~3x slower (1.4 s instead of 0.48 s measured here)."""
-    import dask
-    import distributed  # noqa: F401 - its config defaults, before the override below
-
-    saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-            yield
-    finally:
-        if saved is not None:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
 
 
 def _build(args, argv, kinds, medium, dev, max_active, say, map_fn) -> None:
