@@ -68,6 +68,11 @@ def block_index_of(nh_class, lum_range):
     return (len(LOGL_BLOCK_EDGES) - 1) * nh_class + lum_range
 
 
+def lum_range_of_blocks():
+    """Luminosity range j (0: log L 41-42, ..., 4: 45-47) of each block: long tensor [15]."""
+    return torch.arange(N_BLOCKS) % (len(LOGL_BLOCK_EDGES) - 1)
+
+
 def nh_class_of_blocks():
     """N_H class (0 unabsorbed, 1 Compton-thin, 2 Compton-thick) of each block: long tensor [15]."""
     return torch.arange(N_BLOCKS) // (len(LOGL_BLOCK_EDGES) - 1)

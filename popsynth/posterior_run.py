@@ -23,7 +23,7 @@ import torch
 
 from . import __version__
 from .cxb import class_of_block
-from .grid import NH_CLASS_NAMES, block_names
+from .grid import LOGL_BLOCK_EDGES, NH_CLASS_NAMES, block_names, lum_range_of_blocks
 from .cosmology import CosmologyParams
 from .io import export_xlf_hdf5, run_files, write_a19_layout, write_cxb_table, write_json
 from .likelihood import Likelihood, LogWeightPrior, build_likelihood, smoothness_pairs
@@ -46,11 +46,17 @@ def residual_fn_for(lik: Likelihood, prior: LogWeightPrior):
     return lambda w: torch.cat([lik.residuals(w), prior.residuals(w)], dim=-1)
 
 
-def intrinsic_ct_fraction(w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """N(log N_H >= 24) / N(all) per row of w [B, 15], with ``counts`` [15] AGN per block at unit weight."""
+def intrinsic_ct_fraction(w: torch.Tensor, counts: torch.Tensor, logl_min: float | None = None) -> torch.Tensor:
+    """N(log N_H >= 24) / N(all) per row of w [B, 15], with ``counts`` [15] AGN per block at unit weight;
+    with ``logl_min``, only the blocks whose luminosity range starts at or above it (42, 43, ...)."""
     n = w * counts
-    ct = (class_of_block().to(w.device) == CT_CLASS)
-    return n[:, ct].sum(-1) / n.sum(-1)
+    cls = class_of_block().to(w.device)
+    keep = torch.ones_like(cls, dtype=torch.bool)
+    if logl_min is not None:
+        lo = torch.tensor(LOGL_BLOCK_EDGES[:-1], dtype=w.dtype, device=w.device)
+        keep = (lo >= logl_min - 1e-9)[lum_range_of_blocks().to(w.device)]
+    ct = (cls == CT_CLASS) & keep
+    return n[:, ct].sum(-1) / n[:, keep].sum(-1)
 
 
 def posterior_stage(cfg, prob, lik: Likelihood, prior: LogWeightPrior, w_starts: torch.Tensor, step: int, out: Path,
@@ -98,6 +104,9 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
     ct_intr = {f"ct_fraction_z{z:.1f}": {**interval(intrinsic_ct_fraction(ws, c)),
                                           "mode": float(intrinsic_ct_fraction(w_mode[None], c)[0])}
                for z, c in prob.ct_blocks.items()}
+    for z, c in prob.ct_blocks.items():  # the same above log L 42 and 43, where surveys see the sources
+        ct_intr[f"ct_fraction_z{z:.1f}_by_min_logl"] = {f"{lmin:g}": interval(intrinsic_ct_fraction(ws, c, lmin))
+                                                        for lmin in (42.0, 43.0)}
     observed = []
     for t in lik.terms:
         if t.kind == "ct_fraction":
@@ -213,6 +222,10 @@ def format_posterior_table(s: dict) -> str:
         r = ref[z] if s["spec_set"] == 5 else "A19 gives this for set 5 only"
         lines.append(f"intrinsic CT fraction to z={z}: {100 * c['median']:.1f} % (16-84 %: {100 * c['p16']:.1f}-"
                      f"{100 * c['p84']:.1f} %; {r})")
+        by = s.get(f"ct_fraction_z{z}_by_min_logl") or {}
+        if by:
+            lines.append("  above " + "; ".join(f"log L {k}: {100 * v['median']:.1f} % ({100 * v['p16']:.1f}-"
+                                                f"{100 * v['p84']:.1f} %)" for k, v in by.items()))
     lines += format_literature_rows(s)
     lines.append(f"wall time {s['wall_seconds']:.1f} s; outputs in {Path(s['files']['summary']).parent}")
     return "\n".join(lines)

@@ -62,3 +62,16 @@ def test_sampler_settings_are_checked():
         sample_posterior(lik, LogWeightPrior(1.0), torch.tensor([1.0, -1.0], dtype=D), SamplerConfig(chains=2))
     with pytest.raises(PopsynthError, match="positive integer"):
         sample_posterior(lik, LogWeightPrior(1.0), torch.ones(2, dtype=D), SamplerConfig(samples=0))
+
+
+def test_intrinsic_ct_fraction_above_a_luminosity():
+    """CT fraction of the blocks at log L >= 42 / 43 against a hand sum over the block layout
+    (k = 5 c + j: class c = 2 is Compton-thick, j = 0 is log L 41-42)."""
+    from popsynth.posterior_run import intrinsic_ct_fraction
+
+    counts = torch.arange(1.0, 16.0, dtype=torch.float64)
+    w = torch.linspace(0.5, 2.0, 15, dtype=torch.float64)[None]
+    n = (w * counts)[0].reshape(3, 5)  # [class, luminosity range]
+    for lmin, j0 in ((None, 0), (42.0, 1), (43.0, 2)):
+        want = float(n[2, j0:].sum() / n[:, j0:].sum())
+        assert float(intrinsic_ct_fraction(w, counts, lmin)[0]) == pytest.approx(want, rel=1e-14)

@@ -261,6 +261,9 @@ def test_posterior_mode_end_to_end(tmp_path):
     for z in ("0.1", "1.0"):
         c = on_disk[f"ct_fraction_z{z}"]
         assert 0 < c["p16"] < c["median"] < c["p84"] < 1  # a non-zero interval
+        for lmin in ("42", "43"):
+            b = on_disk[f"ct_fraction_z{z}_by_min_logl"][lmin]
+            assert 0 <= b["p16"] <= b["median"] <= b["p84"] <= 1
     names = {"chandra_cosmos", "rxte", "swift_bat", "bat105_agn_differential_14_195keV"}
     for key in ("chi2_at_median", "chi2_at_best_sample", "chi2_at_median_weights"):
         assert names <= set(on_disk[key])
