@@ -350,17 +350,18 @@ class FitResiduals:
             parts.append(self.constraints.residuals(w))
         return torch.cat(parts, dim=-1)
 
+    def _cxb_residuals_and_scale(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CXB residuals r [B, nE] and dr/dpred [B, nE] (the errors do not move with w)."""
+        pred = self.model(w)
+        if self.loss == "a19":
+            return (pred - self.data.obs) / (2.0 * self.data.n) ** 0.5, torch.full_like(pred, (2.0 * self.data.n) ** -0.5)
+        sig = sigma(pred, self.data, self.sys_floor)
+        return (pred - self.data.obs) / sig, 1.0 / sig
+
     def jacobian(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(r [B, n], J_w [B, n, 15]) at weights w [B, 15]."""
-        pred = self.model(w)
+        r, scale = self._cxb_residuals_and_scale(w)
         resp = self.model.response.T  # [nE, 15]
-        if self.loss == "a19":
-            scale = torch.full_like(pred, (2.0 * self.data.n) ** -0.5)
-            r = (pred - self.data.obs) / (2.0 * self.data.n) ** 0.5
-        else:
-            sig = sigma(pred, self.data, self.sys_floor)
-            r = (pred - self.data.obs) / sig
-            scale = 1.0 / sig
         rs, js = [r], [resp[None] * scale[..., None]]
         if self.weight_prior > 0:
             rs.append(prior_residuals(w, self.weight_prior))
@@ -377,15 +378,8 @@ class FitResiduals:
         into one tensor instead of concatenated and rescaled copies. alloc(shape, like) -> an
         uninitialised tensor of that shape (e.g. a buffer reused between steps); default
         torch.empty."""
-        pred = self.model(w)
+        r, scale = self._cxb_residuals_and_scale(w)
         resp = self.model.response.T  # [nE, 15]
-        if self.loss == "a19":
-            scale = torch.full_like(pred, (2.0 * self.data.n) ** -0.5)
-            r = (pred - self.data.obs) / (2.0 * self.data.n) ** 0.5
-        else:
-            sig = sigma(pred, self.data, self.sys_floor)
-            r = (pred - self.data.obs) / sig
-            scale = 1.0 / sig
         b, n_e, n_w = w.shape[0], r.shape[1], w.shape[1]
         rs = [r]
         if self.weight_prior > 0:
