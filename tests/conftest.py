@@ -26,6 +26,15 @@ def _tiny_run(tmp_path_factory, name, **kw):
     return out
 
 
+def _loaded(folder):
+    """A run read back (popsynth.results.load_run) with its set-up built."""
+    from popsynth.results import load_run
+
+    r = load_run(folder)
+    r.problem()
+    return r
+
+
 @pytest.fixture(scope="session")
 def tiny_a19_run(tmp_path_factory):
     """Folder of an A19-mode run: 6 starts, 4 spectral draws, 20 steps."""
@@ -34,12 +43,7 @@ def tiny_a19_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_a19_loaded(tiny_a19_run):
-    """The A19-mode run read back (popsynth.results.load_run) with its set-up built."""
-    from popsynth.results import load_run
-
-    r = load_run(tiny_a19_run)
-    r.problem()
-    return r
+    return _loaded(tiny_a19_run)
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +54,4 @@ def tiny_joint_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_joint_loaded(tiny_joint_run):
-    from popsynth.results import load_run
-
-    r = load_run(tiny_joint_run)
-    r.problem()
-    return r
+    return _loaded(tiny_joint_run)
