@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import PopsynthError
-from .grid import Grid, a19_logl_nodes, a19_lognh_nodes, a19_z_nodes, block_names
+from .. import __version__
+from ..errors import PopsynthError
+from ..grid import Grid, a19_logl_nodes, a19_lognh_nodes, a19_z_nodes, block_names
 
 CHECKPOINT_FORMAT = "popsynth-checkpoint-1"
 
