@@ -198,7 +198,7 @@ def test_damaged_cache_file_is_rebuilt(own_cache, damage, reason):
 # ------------------------------------------------------------------------------------------
 def _write_torus(path, scale):
     """A BNTorus-like atable (nH [1e22], PhoIndex, Theta_tor, Theta_inc), spectra E^-Gamma x scale."""
-    from popsynth.spectra.xspec_table import write_table_model
+    from popsynth.io.ogip import write_table_model
 
     edges = np.geomspace(0.5, 200.0, 31)
     mid = np.sqrt(edges[1:] * edges[:-1])

@@ -252,8 +252,8 @@ def test_external_torus_table_replaces_the_builtin_torus(tmp_path):
     popsynth's Transmitted inside the table's 0.5-200 keV, normalised per erg/s of L(2-10),
     and fall back to the built-in torus outside it with a warning."""
     from popsynth.physics.crosssections import sigma_compton, sigma_photo
-    from popsynth.spectra.reprocessed import ExternalTorusComponent
-    from popsynth.spectra.xspec_table import write_table_model
+    from popsynth.spectra.external_torus import ExternalTorus
+    from popsynth.io.ogip import write_table_model
 
     edges = np.geomspace(0.5, 200.0, 601)
     nh22 = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
@@ -274,7 +274,7 @@ def test_external_torus_table_replaces_the_builtin_torus(tmp_path):
     p = params(gamma=2.0, ecut=200.0)
     prim = primary_spectrum(E, p["gamma"], p["ecut"])
     nh = torch.tensor([22.0, 23.0], dtype=T64)
-    comp = ExternalTorusComponent(str(path))
+    comp = ExternalTorus(str(path))
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         ext = comp.spectrum(E, prim, p, nh)[0]

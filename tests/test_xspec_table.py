@@ -1,4 +1,4 @@
-"""Tests for popsynth.spectra.xspec_table (OGIP/92-009 XSPEC table models).
+"""Tests for popsynth.spectra.xspec_table, popsynth.io.ogip and popsynth.spectra.external_torus (OGIP/92-009 XSPEC table models).
 
 Every table is written by the test itself into tmp_path: an additive cut-off power law with
 PhoIndex on a linear grid and Ecut on a logarithmic grid, integrated over each bin by
@@ -17,12 +17,9 @@ import torch
 from astropy.io import fits
 
 from popsynth.errors import PopsynthError
-from popsynth.spectra.xspec_table import (
-    ExternalTorus,
-    TableModel,
-    read_table_model,
-    write_table_model,
-)
+from popsynth.io.ogip import read_table_model, write_table_model
+from popsynth.spectra.external_torus import ExternalTorus
+from popsynth.spectra.xspec_table import TableModel
 
 F64 = torch.float64
 
@@ -584,8 +581,8 @@ def test_external_torus_mapping(tmp_path):
                           False], e[:-1], e[1:], spec, redshift=True, precision="double")
     torus = ExternalTorus(p, fixed={"Theta_tor": 60.0})
     assert torus.quantities == ["nh", "photon_index", "theta_inc"]
-    assert "nH <- nh" in torus.describe()
-    out = torus.spectrum(torch.tensor(e[2:10]), z=0.2, nh=3e23, photon_index=1.8, theta_inc=87.1)
+    assert "nH <- nh" in torus.describe_links()
+    out = torus.binned(torch.tensor(e[2:10]), z=0.2, nh=3e23, photon_index=1.8, theta_inc=87.1)
     ref = torus.table.evaluate({"nH": 30.0, "PhoIndex": 1.8, "Theta_tor": 60.0,
                                 "Theta_inc": 87.1}, torch.tensor(e[2:10]), redshift=0.2)
     torch.testing.assert_close(out, ref, rtol=1e-14, atol=0)
@@ -596,7 +593,7 @@ def test_external_torus_mapping(tmp_path):
         ExternalTorus(p3)
     assert ExternalTorus(p3, fixed={"zeta": 2.0}).quantities == ["nh"]
     with pytest.raises(PopsynthError, match=r"nH.*outside the grid"):
-        torus.spectrum(None, nh=1e27, photon_index=1.8, theta_inc=87.1)
+        torus.binned(None, nh=1e27, photon_index=1.8, theta_inc=87.1)
 
     lognh = np.array([22.0, 23.0, 24.0])
     cosi = np.array([0.05, 0.5, 0.95])
@@ -604,7 +601,7 @@ def test_external_torus_mapping(tmp_path):
     p2 = write_table_model(tmp_path / "borus_like.fits", "borus", ["logNHtor", "cos(thInc)"],
                            [lognh, cosi], [False, False], e[:-1], e[1:], spec2, precision="double")
     borus = ExternalTorus(p2)
-    out = borus.spectrum(None, nh=10 ** 23.5, theta_inc=60.0)
+    out = borus.binned(None, nh=10 ** 23.5, theta_inc=60.0)
     ref = borus.table.evaluate({"logNHtor": 23.5, "cos(thInc)": 0.5})
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
 

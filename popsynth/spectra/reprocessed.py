@@ -1,7 +1,7 @@
 """Reprocessed components of the A19 spectrum, built on the photon Monte Carlo's Green's functions.
 
 A19 section 5.2 models every AGN as ``f_scatt * cutoffpl + wabs * pexmon + bntorus * highecut``.
-This module provides the two reprocessed pieces as :class:`~popsynth.spectra.model.Component`
+This module provides the two reprocessed pieces as :class:`~popsynth.spectra.component.Component`
 objects, computed from the Green's-function tables of :mod:`popsynth.mc` (shipped in
 ``data/greens/``):
 
@@ -15,7 +15,7 @@ objects, computed from the Green's-function tables of :mod:`popsynth.mc` (shippe
   scattered continuum and fluorescence lines of the Brightman & Nandra (2011) geometry (uniform
   sphere of radial column N_H with a biconical opening of half-angle theta_tor) for the A19
   inclination rules (:func:`a19_torus_inclination`). The transmitted beam of the torus is the
-  analytic :class:`~popsynth.spectra.model.Transmitted` component (as in BNTorus, the
+  analytic :class:`~popsynth.spectra.component.Transmitted` component (as in BNTorus, the
   line-of-sight column of every source is the N_H of its XLF cell).
   The high-energy cutoff is applied as A19 does (``cutoff="highecut"``): the torus reprocesses
   a pure power law (BNTorus tables have no cutoff) and the result is multiplied by
@@ -54,7 +54,7 @@ from .._tensor import DTYPE, as_tensor
 from ..errors import PopsynthError
 from ..mc.greens import FE_K_EDGE_KEV, NI_K_EDGE_KEV, GreensTable, interpolation_corners, load_greens, response_matrix
 from ..physics.crosssections import sigma_compton, sigma_photo
-from .model import Component
+from .component import Component
 from .primary import band_energy_flux, cutoff_powerlaw
 
 DEFAULT_LINE_SIGMA = 0.03  # Gaussian width of the fluorescence lines in ln E (numerical)
@@ -334,83 +334,3 @@ class TorusReprocessed(Component):
         inc = self.inclination
         return {**super().describe(), "cutoff": self.cutoff, "line_sigma": self.line_sigma, "lines": self.lines,
                 "inclination": getattr(inc, "__name__", repr(inc)), "greens": t.version_key}
-
-
-class ExternalTorusComponent(Component):
-    """An XSPEC torus table (torus1006.fits, UXCLUMPY, borus02, ...) in place of the built-in torus.
-
-    The table replaces both the transmitted beam and the torus reprocessing (such tables
-    include the line-of-sight beam), so use it with :class:`~popsynth.spectra.model.Scattered`
-    and :class:`Reflection` only (:func:`popsynth.spectra.model.make_components` does this
-    for ``torus_table=...``). Conventions:
-
-    * normalisation: the table's norm is the photon flux density of the power law at 1 keV
-      (the BNTorus / borus convention), set to the primary's K = 1 / L(2-10 keV) integral so
-      the output is per erg/s of intrinsic L(2-10), like every other component;
-    * high-energy cutoff: ``cutoff="highecut"`` multiplies by exp(-E/E_cut) (A19's
-      ``bntorus * highecut``); "table" leaves it to a table that has an E_cut parameter;
-    * quantities fed to the table: nh (cm^-2, the XLF cell's column), photon_index, theta_tor
-      and theta_inc (deg; A19 inclination rules by default) and e_cut (keV), as the table
-      uses them (see :class:`~popsynth.spectra.xspec_table.ExternalTorus`);
-    * outside the table's energy range (BNTorus: 0.1-320 keV) the built-in transmitted beam
-      and torus reprocessing are used (``fill="builtin"``, with a warning), never silent zeros;
-      ``fill="zero"`` follows XSPEC (no photons there, with a warning).
-    Parameter values outside the table grid raise unless the ExternalTorus was made with
-    ``out_of_range="clamp"``.
-    """
-
-    name = "torus"
-
-    def __init__(self, torus, inclination: Callable | None = None, cutoff: str = "highecut", fill: str = "builtin"):
-        from .xspec_table import ExternalTorus
-
-        self.torus = torus if isinstance(torus, ExternalTorus) else ExternalTorus(torus)
-        if cutoff not in ("highecut", "table"):
-            raise PopsynthError(f"unknown cutoff treatment '{cutoff}' for an external torus",
-                                "use 'highecut' (A19) or 'table' (the table has an E_cut parameter)")
-        if fill not in ("builtin", "zero"):
-            raise PopsynthError(f"unknown fill '{fill}'", "use 'builtin' or 'zero'")
-        self.inclination = inclination or a19_torus_inclination
-        self.cutoff = cutoff
-        self.fill = fill
-        self._builtin = None
-
-    def spectrum(self, energy, primary, params, log_nh):
-        from .model import Transmitted
-
-        dev = energy.device
-        theta = params["theta_tor"]
-        D, M = theta.numel(), log_nh.numel()
-        le = torch.log(energy)
-        mid = torch.exp(0.5 * (le[1:] + le[:-1]))
-        edges = torch.cat([energy[:1] * torch.exp(-(le[1] - le[0]) / 2), mid, energy[-1:] * torch.exp((le[-1] - le[-2]) / 2)])
-        q_all = {
-            "nh": (10.0 ** log_nh)[None, :].expand(D, M),
-            "photon_index": params["gamma"][:, None].expand(D, M),
-            "theta_tor": theta[:, None].expand(D, M),
-            "theta_inc": self.inclination(log_nh[:, None], theta[None, :]).T,
-            "e_cut": params["ecut"][:, None].expand(D, M),
-        }
-        unknown = sorted(set(self.torus.quantities) - set(q_all))
-        if unknown:
-            raise PopsynthError(f"the torus table needs quantities {unknown} that popsynth does not provide",
-                                "pass fixed={name: value} or mapping=... to ExternalTorus")
-        q = {k: q_all[k].reshape(-1).to(dev) for k in self.torus.quantities}
-        per_bin = self.torus.spectrum(edges.to(self.torus.table.device), **q).to(dev)  # [D*M, nE]
-        dens = (per_bin / (edges[1:] - edges[:-1])).reshape(D, M, -1)
-        k_norm = 1.0 / band_energy_flux(params["gamma"], params["ecut"])  # [D]
-        out = dens * k_norm[:, None, None]
-        if self.cutoff == "highecut":
-            out = out * torch.exp(-energy[None, :] / params["ecut"][:, None])[:, None, :]
-        e0, e1 = (float(x) for x in self.torus.table.energy_edges[[0, -1]])
-        outside = (edges[:-1] < e0) | (edges[1:] > e1)
-        if self.fill == "builtin" and bool(outside.any()):
-            if self._builtin is None:
-                self._builtin = (Transmitted(), TorusReprocessed())
-            fillv = sum(c.spectrum(energy, primary, params, log_nh) for c in self._builtin)
-            out = torch.where(outside[None, None, :], fillv, out)
-        return out
-
-    def describe(self):
-        return {**super().describe(), "table": self.torus.describe(), "cutoff": self.cutoff, "fill": self.fill,
-                "inclination": getattr(self.inclination, "__name__", repr(self.inclination))}
