@@ -145,6 +145,20 @@ def psi_a19(z, log_l, p: A19AbsorptionParams = A19AbsorptionParams()) -> torch.T
     return torch.clamp(psi0 * (1.0 + zc) ** p.a1, p.psi_min, p.psi_max)
 
 
+def _bins_u14(z, log_l, p: AbsorptionParams = AbsorptionParams()) -> tuple:
+    """The U14 absorption function's value per dex in each 1-dex bin (20-21, 21-22, 22-23, 23-24,
+    24-26), five tensors broadcast over z, log_l."""
+    psi = psi_u14(z, log_l, p)
+    eps = p.epsilon
+    low_branch = psi < (1 + eps) / (3 + eps)
+    f20 = torch.where(low_branch, 1 - (2 + eps) / (1 + eps) * psi, 2.0 / 3 - (3 + 2 * eps) / (3 + 3 * eps) * psi)
+    f21 = torch.where(low_branch, psi / (1 + eps), 1.0 / 3 - eps / (3 + 3 * eps) * psi)
+    f22 = psi / (1 + eps)
+    f23 = eps / (1 + eps) * psi
+    fct = p.f_ctk / 2 * psi
+    return f20, f21, f22, f23, fct
+
+
 def absorption_u14(z, log_l, log_nh, p: AbsorptionParams = AbsorptionParams()) -> torch.Tensor:
     """U14 absorption function f(L, z; N_H) per dex of log N_H (dimensionless).
 
@@ -155,15 +169,21 @@ def absorption_u14(z, log_l, log_nh, p: AbsorptionParams = AbsorptionParams()) -
     z = as_tensor(z)
     log_l = as_tensor(log_l, device=z.device)
     log_nh = as_tensor(log_nh, device=z.device)
-    psi = psi_u14(z, log_l, p)
-    eps = p.epsilon
-    low_branch = psi < (1 + eps) / (3 + eps)
-    f20 = torch.where(low_branch, 1 - (2 + eps) / (1 + eps) * psi, 2.0 / 3 - (3 + 2 * eps) / (3 + 3 * eps) * psi)
-    f21 = torch.where(low_branch, psi / (1 + eps), 1.0 / 3 - eps / (3 + 3 * eps) * psi)
+    return _select_bins(log_nh, _bins_u14(z, log_l, p))
+
+
+def _bins_a19(z, log_l, p: A19AbsorptionParams = A19AbsorptionParams()) -> tuple:
+    """The A19 absorption function's value per dex in each 1-dex bin (20-21, 21-22, 22-23, 23-24,
+    24-26), five tensors broadcast over z, log_l."""
+    psi = psi_a19(z, log_l, p)
+    hi = log_l >= p.log_l_split
+    pick = lambda pair: torch.where(hi, as_tensor(pair[1], z.device), as_tensor(pair[0], z.device))  # noqa: E731
+    a, eps, fct = pick(p.frac_20_21), pick(p.epsilon), pick(p.f_ct)
+    f20 = a * (1 - psi)
+    f21 = (1 - a) * (1 - psi)
     f22 = psi / (1 + eps)
     f23 = eps / (1 + eps) * psi
-    fct = p.f_ctk / 2 * psi
-    return _select_bins(log_nh, (f20, f21, f22, f23, fct))
+    return f20, f21, f22, f23, fct * psi
 
 
 def absorption_a19(z, log_l, log_nh, p: A19AbsorptionParams = A19AbsorptionParams()) -> torch.Tensor:
@@ -177,15 +197,7 @@ def absorption_a19(z, log_l, log_nh, p: A19AbsorptionParams = A19AbsorptionParam
     z = as_tensor(z)
     log_l = as_tensor(log_l, device=z.device)
     log_nh = as_tensor(log_nh, device=z.device)
-    psi = psi_a19(z, log_l, p)
-    hi = log_l >= p.log_l_split
-    pick = lambda pair: torch.where(hi, as_tensor(pair[1], z.device), as_tensor(pair[0], z.device))  # noqa: E731
-    a, eps, fct = pick(p.frac_20_21), pick(p.epsilon), pick(p.f_ct)
-    f20 = a * (1 - psi)
-    f21 = (1 - a) * (1 - psi)
-    f22 = psi / (1 + eps)
-    f23 = eps / (1 + eps) * psi
-    return _select_bins(log_nh, (f20, f21, f22, f23, fct * psi))
+    return _select_bins(log_nh, _bins_a19(z, log_l, p))
 
 
 def _select_bins(log_nh: torch.Tensor, values: tuple) -> torch.Tensor:
@@ -200,6 +212,8 @@ def _select_bins(log_nh: torch.Tensor, values: tuple) -> torch.Tensor:
 
 
 ABSORPTION_MODELS = {"a19": absorption_a19, "u14": absorption_u14}
+#: per-bin values (the five 1-dex N_H bins) of each absorption function, for :func:`build_phi0`
+_ABSORPTION_BINS = {"a19": _bins_a19, "u14": _bins_u14}
 
 
 def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
@@ -219,7 +233,7 @@ def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
     """
     if absorption not in ABSORPTION_MODELS:
         raise PopsynthError(f"unknown absorption function '{absorption}'", f"use one of {sorted(ABSORPTION_MODELS)}")
-    f_abs = ABSORPTION_MODELS[absorption]
+    bins_fn = _ABSORPTION_BINS[absorption]
     x, wq = np.polynomial.legendre.leggauss(n_sub)
     lo, hi = grid.logl_edges[:-1], grid.logl_edges[1:]
     sub = 0.5 * (hi - lo)[:, None] * x[None, :] + 0.5 * (hi + lo)[:, None]  # [nL, n_sub]
@@ -227,16 +241,26 @@ def build_phi0(grid: Grid, absorption: str = "a19", ldde: LDDEParams = UEDA14,
     z = as_tensor(grid.z, device)[:, None, None, None]
     ll = as_tensor(sub, device)[None, :, None, :]
     # the absorption functions are constant in each 1-dex N_H bin: evaluate the cube once per bin
-    # present on the grid and copy it to the bin's cells (the same numbers as cell by cell)
+    # present on the grid (the bins' values stacked, [nz, nL, n_bins, n_sub]) and copy it to the
+    # bin's cells (the same numbers as cell by cell)
     bins = _dex_bin(torch.as_tensor(grid.lognh, dtype=DTYPE))
     present, cell_bin = torch.unique(bins, return_inverse=True)
-    rep = torch.as_tensor([float(grid.lognh[int(torch.nonzero(bins == b)[0, 0])]) for b in present], dtype=DTYPE)
-    nh = as_tensor(rep, device)[None, None, :, None]
-    phi = ldde_ueda14(z, ll, ldde) if total is None else total(z, ll)
-    vals = phi * f_abs(z, ll, nh)  # [nz, nL, n_bins, n_sub]
-    if l_moment:
-        vals = vals * 10.0 ** (l_moment * (ll - as_tensor(grid.logl, device)[None, :, None, None]))
-    return (vals * wsub).sum(-1)[:, :, cell_bin.to(vals.device)]
+    phi = ldde_ueda14(z, ll, ldde) if total is None else total(z, ll)  # [nz, nL, 1, n_sub]
+    values = bins_fn(z, ll)
+    lm = 10.0 ** (l_moment * (ll - as_tensor(grid.logl, device)[None, :, None, None])) if l_moment else None
+    shape = torch.broadcast_shapes(phi.shape, *(v.shape for v in values))
+    cb = cell_bin.tolist()
+    out = torch.empty(shape[:2] + (len(cb),), dtype=DTYPE, device=phi.device)
+    tmp = torch.empty(shape, dtype=DTYPE, device=phi.device)
+    start = 0
+    for i in range(1, len(cb) + 1):  # runs of N_H cells in one bin: the bin's cell average, copied
+        if i == len(cb) or cb[i] != cb[start]:
+            v = torch.mul(phi, values[int(present[cb[start]])], out=tmp)
+            if lm is not None:
+                v.mul_(lm)
+            out[:, :, start:i] = v.mul_(wsub).sum(-1)
+            start = i
+    return out
 
 
 def apply_block_weights(phi0: torch.Tensor, weights: torch.Tensor, grid: Grid) -> torch.Tensor:
