@@ -1,9 +1,10 @@
 """The on-disk cache of spectral tables: cache keys and cache files around the table builder.
 
 :func:`build_spectral_table` is :func:`~popsynth.spectra.table.compute_spectral_table` with a
-cache: the key (:func:`spectral_table_key`) hashes everything the table depends on, input
-tables by the sha256 of their contents; cache files hold tensors and a JSON header, read with
-``torch.load(weights_only=True)`` and checked before use.
+cache (:func:`popsynth.io.cache.cached` around the builder): the key
+(:func:`spectral_table_key`, built by :func:`popsynth.io.cache.cache_key`) hashes everything the
+table depends on, input tables by the sha256 of their contents; cache files hold tensors and a
+JSON header, read with ``torch.load(weights_only=True)`` and checked before use.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import torch
 
 from .. import __version__
 from .._tensor import DTYPE, as_tensor
-from ..errors import PopsynthError
-from ..io import atomic_write
+from ..io.cache import arrays_sha256, cache_file, cache_key, cached, file_sha256
 from ..mc import greens
-from ..paths import cache_dir
 from .component import Component
 from .external_torus import ExternalTorus
 from .registry import default_components
@@ -35,40 +34,6 @@ from .table import TABLE_FORMAT, SpectralTable, compute_spectral_table, default_
 # ------------------------------------------------------------------------------------------
 # Cache keys: everything a table depends on, input files by content
 # ------------------------------------------------------------------------------------------
-_DIGESTS: dict[tuple, str] = {}
-
-
-def file_sha256(path) -> str:
-    """sha256 (hex) of a file's bytes, read once per process per file version (path, size,
-    modification and change times, inode: a rewritten or replaced file is read again).
-
-    Raises :class:`PopsynthError` when the file cannot be read."""
-    p = Path(path).resolve()
-    try:
-        st = p.stat()
-        key = (str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        if key not in _DIGESTS:
-            h = hashlib.sha256()
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            _DIGESTS[key] = h.hexdigest()
-    except OSError as exc:
-        raise PopsynthError(f"cannot read {p} ({exc.strerror or type(exc).__name__})",
-                            "check that the file exists and is readable") from None
-    return _DIGESTS[key]
-
-
-def _arrays_sha256(*arrays) -> str:
-    """sha256 (hex) of arrays / tensors (dtype, shape and bytes), for tables held in memory only."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _greens_sha256(kind: str, table) -> str:
     """sha256 naming the Green's table ("slab" or "torus") a component uses, by content.
 
@@ -92,7 +57,7 @@ def _greens_sha256(kind: str, table) -> str:
     # every array field (getattr: a lazily read table reads the arrays it has not used yet)
     fields = [f.name for f in dataclasses.fields(table)] if dataclasses.is_dataclass(table) else list(vars(table))
     names = sorted(k for k in fields if isinstance(getattr(table, k), np.ndarray))
-    return "arrays:" + _arrays_sha256(*(getattr(table, k) for k in names))
+    return "arrays:" + arrays_sha256(*(getattr(table, k) for k in names))
 
 
 class _TableStandIn:
@@ -121,17 +86,13 @@ def _describe_for_key(c: Component) -> dict:
         if t.path is not None and Path(t.path).is_file():
             d["table_sha256"] = file_sha256(t.path)
         else:  # built in memory
-            d["table_sha256"] = "arrays:" + _arrays_sha256(
+            d["table_sha256"] = "arrays:" + arrays_sha256(
                 t.energy_lo, t.energy_hi, t.spectra, *t.param_grids,
                 *([t.add_spectra] if t.add_spectra is not None else []))
         if c.fill == "builtin":  # the built-in torus fills energies beyond the table's
             builtin = c._builtin[1]._table if c._builtin is not None else None
             d["fill_greens_sha256"] = _greens_sha256("torus", builtin)
     return d
-
-
-def _table_key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def spectral_table_key(spec: SpectralSet | int, lognh_edges, energy=None, n_draws: int = 64, seed: int = 0,
@@ -153,7 +114,7 @@ def spectral_table_key(spec: SpectralSet | int, lognh_edges, energy=None, n_draw
                "lognh_edges": edges.tolist(), "n_draws": n_draws, "seed": seed, "n_sub": n_sub,
                "components": [_describe_for_key(c) for c in comps], "version": __version__,
                "table_format": TABLE_FORMAT, "xraydb": _xraydb_version()}
-    return _table_key(payload), payload
+    return cache_key(payload, 32), payload
 
 
 def _xraydb_version() -> str:
@@ -182,11 +143,11 @@ def _cached_table(path: Path, key: str, energy: torch.Tensor, edges: torch.Tenso
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or crafted file: torch raises many types
         warnings.warn(f"spectral cache file {path} is unreadable or not a plain tensor file "
-                      f"({type(exc).__name__}); rebuilding it", RuntimeWarning, stacklevel=3)
+                      f"({type(exc).__name__}); rebuilding it", RuntimeWarning, stacklevel=5)
         return None
     problem = _cache_problem(d, key, energy, edges, comp_names, n_draws)
     if problem:
-        warnings.warn(f"spectral cache file {path} ignored ({problem}); rebuilding it", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"spectral cache file {path} ignored ({problem}); rebuilding it", RuntimeWarning, stacklevel=5)
         return None
     meta = json.loads(d["meta_json"])
     return SpectralTable(d["energy"], d["lognh_edges"], d["lognh"], d["mean"], dict(d["components"]),
@@ -226,17 +187,13 @@ def _cache_problem(d, key, energy, edges, comp_names, n_draws) -> str:
     return ""
 
 
-def _save_table(path: Path, table: "SpectralTable") -> None:
-    """Write ``table`` to the cache atomically (a reader sees the old file or the new one)."""
+def _write_table(path, table: SpectralTable) -> None:
+    """Write ``table`` as a cache file at ``path`` (tensors and a JSON header; no pickled code)."""
     payload = {"format": _CACHE_FORMAT, "meta_json": json.dumps(table.meta, sort_keys=True),
                "energy": table.energy, "lognh_edges": table.lognh_edges, "lognh": table.lognh,
                "mean": table.mean, "components": dict(table.components), "per_draw": table.per_draw,
                "params": dict(table.params)}
-    try:
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    except OSError as exc:  # the table is still good; only the cache copy is lost
-        warnings.warn(f"could not write the spectral cache file {path} ({exc.strerror or type(exc).__name__}); "
-                      "set POPSYNTH_CACHE to a writable folder", RuntimeWarning, stacklevel=3)
+    torch.save(payload, path)
 
 
 def build_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_draws: int = 64, seed: int = 0,
@@ -259,15 +216,9 @@ def build_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_dr
     edges = as_tensor(lognh_edges, "cpu")
     comps = components if components is not None else default_components()
     key, payload = spectral_table_key(spec, edges, energy, n_draws, seed, n_sub, comps)
-    path = None
-    if cache:
-        path = cache_dir() / "spectra" / f"set{spec.number}-{key}.pt"
-        if path.exists():
-            table = _cached_table(path, key, energy, edges, [c.name for c in comps], n_draws)
-            if table is not None:
-                return table.to(device)
     meta = json.loads(json.dumps({**payload, "key": key, "spec_set": spec.number}))  # as a cache file holds it
-    table = compute_spectral_table(spec, edges, energy, n_draws, seed, n_sub, comps, meta)
-    if path is not None:
-        _save_table(path, table)
+    table = cached(lambda: compute_spectral_table(spec, edges, energy, n_draws, seed, n_sub, comps, meta), key,
+                   path=cache_file("spectra", f"set{spec.number}-{key}.pt") if cache else None,
+                   load=lambda path, k: _cached_table(path, k, energy, edges, [c.name for c in comps], n_draws),
+                   save=_write_table, what="spectral cache file")
     return table.to(device)

@@ -17,9 +17,12 @@ constraints, figures, benchmarks and tests).
 
 from __future__ import annotations
 
+__all__ = ["build_spectral_table", "file_sha256", "spectral_table_key", "Component", "Scattered", "Transmitted",
+           "SPECTRAL_MODELS", "default_components", "make_components", "OBSCURED_LOGNH", "TABLE_FORMAT",
+           "SpectralTable", "compute_spectral_table", "default_energy_grid", "spectra_per_draw"]
+
 # re-exports for the importers named above (the definitions are in the modules listed)
 from .cache import (  # noqa: F401
-    _arrays_sha256,
     _describe_for_key,
     _greens_sha256,
     build_spectral_table,
