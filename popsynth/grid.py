@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._tensor import DTYPE
+from ._tensor import DTYPE, as_tensor
+from .blocks import BLOCKS
 from .errors import PopsynthError
 
-NH_CLASS_EDGES = (20.0, 22.0, 24.0, 26.0)
-NH_CLASS_NAMES = ("unabsorbed", "compton_thin", "compton_thick")
-LOGL_BLOCK_EDGES = (41.0, 42.0, 43.0, 44.0, 45.0, 47.0)
-N_BLOCKS = (len(NH_CLASS_EDGES) - 1) * (len(LOGL_BLOCK_EDGES) - 1)
+# aliases onto the block layout (popsynth.blocks.BLOCKS), kept for their importers
+NH_CLASS_EDGES = BLOCKS.nh_edges
+NH_CLASS_NAMES = BLOCKS.nh_names
+LOGL_BLOCK_EDGES = BLOCKS.logl_edges
+N_BLOCKS = BLOCKS.n
 
 
 def a19_z_nodes() -> np.ndarray:
@@ -62,30 +64,23 @@ def trapezoid_weights(x: np.ndarray) -> np.ndarray:
 
 
 def block_index_of(nh_class, lum_range):
-    """Block index k of N_H class c and luminosity range j: k = n_lum * c + j (the one place the layout is set).
-
-    Works on ints and on integer arrays/tensors alike."""
-    return (len(LOGL_BLOCK_EDGES) - 1) * nh_class + lum_range
+    """Alias of :meth:`popsynth.blocks.Blocks.index_of`: block k of N_H class c and luminosity range j."""
+    return BLOCKS.index_of(nh_class, lum_range)
 
 
 def lum_range_of_blocks():
-    """Luminosity range j (0: log L 41-42, ..., 4: 45-47) of each block: long tensor [15]."""
-    return torch.arange(N_BLOCKS) % (len(LOGL_BLOCK_EDGES) - 1)
+    """Alias of :meth:`popsynth.blocks.Blocks.lum_range`: long tensor [15]."""
+    return BLOCKS.lum_range()
 
 
 def nh_class_of_blocks():
-    """N_H class (0 unabsorbed, 1 Compton-thin, 2 Compton-thick) of each block: long tensor [15]."""
-    return torch.arange(N_BLOCKS) // (len(LOGL_BLOCK_EDGES) - 1)
+    """Alias of :meth:`popsynth.blocks.Blocks.nh_class`: long tensor [15]."""
+    return BLOCKS.nh_class()
 
 
 def block_names() -> list[str]:
-    """Names of the 15 blocks in index order, e.g. ``'compton_thin:L43-44'``."""
-    names = []
-    for c, cname in enumerate(NH_CLASS_NAMES):
-        for j in range(len(LOGL_BLOCK_EDGES) - 1):
-            lo, hi = LOGL_BLOCK_EDGES[j], LOGL_BLOCK_EDGES[j + 1]
-            names.append(f"{cname}:L{lo:g}-{hi:g}")
-    return names
+    """Alias of :meth:`popsynth.blocks.Blocks.names`: the 15 names in index order."""
+    return BLOCKS.names()
 
 
 @dataclass
@@ -127,22 +122,49 @@ class Grid:
         self.dlogl = np.diff(self.logl_edges)
         self.lognh = 0.5 * (self.lognh_edges[1:] + self.lognh_edges[:-1])
         self.dlognh = np.diff(self.lognh_edges)
-        c = np.searchsorted(np.asarray(NH_CLASS_EDGES), self.lognh, side="right") - 1
-        j = np.searchsorted(np.asarray(LOGL_BLOCK_EDGES), self.logl, side="right") - 1
-        c = np.clip(c, 0, len(NH_CLASS_EDGES) - 2)
-        j = np.clip(j, 0, len(LOGL_BLOCK_EDGES) - 2)
-        self.nh_class = torch.as_tensor(c, dtype=torch.long)
-        self.block_index = torch.as_tensor(block_index_of(c[None, :], j[:, None]), dtype=torch.long)
+        self.blocks = BLOCKS
+        self.nh_class = torch.as_tensor(BLOCKS.classes_of_cells(self.lognh), dtype=torch.long)
+        self.block_index = BLOCKS.index_of_cells(self.logl, self.lognh)
+        self._cache = {}
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """(nz, nL, nN)."""
         return (self.z.size, self.logl.size, self.lognh.size)
 
+    def _cached(self, key, make):
+        # one value per key; the returned tensors are shared, so callers must not modify them in place
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     def block_masks(self, device=None) -> torch.Tensor:
-        """One-hot block membership, float64 [N_BLOCKS, nL, nN]."""
-        bi = self.block_index.to(device)
-        return (bi[None] == torch.arange(N_BLOCKS, device=device)[:, None, None]).to(DTYPE)
+        """One-hot block membership, float64 [N_BLOCKS, nL, nN] (a shared buffer: do not modify)."""
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        return self._cached(("masks", str(dev)), lambda: self.blocks.masks(self.block_index, dev))
+
+    def buffer(self, name: str, device=None) -> torch.Tensor:
+        """A grid array as a float64 tensor on ``device``, made once (shared: do not modify).
+
+        ``name``: one of z, z_weights, logl, logl_edges, dlogl, lognh, lognh_edges, dlognh, or
+        ``lum_weight`` (L dlogL per log L cell, 10^logl * dlogl, erg/s dex)."""
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        arrays = {"lum_weight": lambda: 10.0 ** self.logl * self.dlogl}
+        if name not in arrays and name not in ("z", "z_weights", "logl", "logl_edges", "dlogl", "lognh",
+                                                "lognh_edges", "dlognh"):
+            raise PopsynthError(f"the grid has no array `{name}`", "ask for z, z_weights, logl, dlogl, lognh or dlognh")
+        return self._cached((name, str(dev)),
+                            lambda: as_tensor(arrays[name]() if name in arrays else getattr(self, name), dev))
+
+    def distances(self, cosmology=None, device=None) -> dict:
+        """:func:`popsynth.cosmology.distance_tables` at the grid's z nodes, computed once per
+        cosmology and device (shared tensors: do not modify)."""
+        from .cosmology import CosmologyParams, distance_tables
+
+        cosmology = CosmologyParams() if cosmology is None else cosmology
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        return self._cached(("distances", repr(cosmology), str(dev)),
+                            lambda: distance_tables(self.z, cosmology, device=dev))
 
     def describe(self) -> dict:
         """Plain-dict summary of the grid (for checkpoints and file headers)."""
