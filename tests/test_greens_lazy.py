@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from popsynth.errors import PopsynthError
-from popsynth.mc import greens
+from popsynth.mc import shipped as greens  # load_greens, its per-process tables
 from popsynth.mc.greens import _ARRAYS, default_table_path, read_greens
 from popsynth.spectra import model as sm
 from popsynth.spectra.reprocessed import Reflection

@@ -2,7 +2,8 @@
 
 * :mod:`popsynth.mc.geometry`  - slab and sphere-with-bicone matter along rays (exact re-entry).
 * :mod:`popsynth.mc.transport` - the vectorised photon loop (torch, CPU or CUDA).
-* :mod:`popsynth.mc.greens`    - Green's function tables: grids, HDF5 IO, application.
+* :mod:`popsynth.mc.greens`    - Green's function tables (names re-exported from grids, table,
+  simulate, currency, shipped, interpolate and :mod:`popsynth.io.greens`).
 * :mod:`popsynth.mc.build`     - the command that rebuilds the shipped tables
   (``python -m popsynth.mc.build --help``).
 
@@ -14,17 +15,16 @@ Typical use::
     out.continuum  # [..., n_out] photons per torus.e_out_edges bin; out.lines: [..., 4]
 """
 
-from .greens import (  # noqa: F401
-    GreensTable,
-    Reprocessed,
-    StaleTableWarning,
-    check_shipped_tables,
-    check_table,
-    apply_greens,
-    is_current,
-    load_greens,
-    read_greens,
-    response_matrix,
-    transmitted_fraction,
-    write_greens,
-)
+_EXPORTS = ("GreensTable", "Reprocessed", "StaleTableWarning", "check_shipped_tables", "check_table", "apply_greens",
+            "is_current", "load_greens", "read_greens", "response_matrix", "transmitted_fraction", "write_greens")
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # The names above are read from popsynth.mc.greens on first use (PEP 562), so importing a
+    # submodule (popsynth.mc.table from popsynth.io.greens, say) does not import all of them.
+    if name in _EXPORTS:
+        from . import greens
+
+        return getattr(greens, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

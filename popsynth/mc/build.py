@@ -42,15 +42,10 @@ import torch
 
 from .._tensor import resolve_device
 from ..errors import PopsynthError
-from .greens import (
-    DEFAULT_THETA_TOR,
-    add_medium_reference,
-    build_table,
-    check_table,
-    read_greens,
-    write_greens,
-    xraydb_provenance,
-)
+from ..io.greens import add_medium_reference, read_greens, write_greens
+from .currency import check_table, xraydb_provenance
+from .grids import DEFAULT_THETA_TOR
+from .simulate import build_table, dask_map
 from .transport import tabulate_medium
 
 DEFAULT_PHOTONS = {"torus": 1_500_000, "slab": 15_000_000}
@@ -187,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         map_fn = map
         if args.workers or args.scheduler:
             from ..sweep import _client
-            from .greens import dask_map
 
             client, cluster = _client(args.scheduler, args.workers or 1)
             map_fn = dask_map(client)

@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from .._tensor import DTYPE, as_tensor
 from ..io.cache import arrays_sha256, cache_file, cache_key, cached, file_sha256
-from ..mc import greens
+from ..mc import shipped
 from .component import Component
 from .external_torus import ExternalTorus
 from .registry import default_components
@@ -41,11 +41,11 @@ def _greens_sha256(kind: str, table) -> str:
     file unchanged since: the file's sha256 (its datasets are not read). Any other table: the
     sha256 of its arrays."""
     if table is None:
-        path = greens.default_table_path(kind)
+        path = shipped.default_table_path(kind)
         # a missing file gets a placeholder here; loading it then fails with read_greens's message
         return file_sha256(path) if path.is_file() else f"missing:{path}"
     # load_greens keeps the tables it read by (path, size, mtime_ns) of their file
-    for k, loaded in list(getattr(greens, "_LOADED", {}).items()):
+    for k, loaded in list(shipped._LOADED.items()):
         if loaded is table and isinstance(k, tuple) and len(k) == 3:
             try:
                 st = os.stat(k[0])

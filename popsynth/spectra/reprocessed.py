@@ -52,7 +52,10 @@ import torch
 
 from .._tensor import DTYPE, as_tensor
 from ..errors import PopsynthError
-from ..mc.greens import FE_K_EDGE_KEV, NI_K_EDGE_KEV, GreensTable, interpolation_corners, load_greens, response_matrix
+from ..mc.grids import FE_K_EDGE_KEV, NI_K_EDGE_KEV
+from ..mc.interpolate import interpolation_corners, response_matrix
+from ..mc.shipped import load_greens
+from ..mc.table import GreensTable
 from ..physics.crosssections import sigma_compton, sigma_photo
 from .component import Component
 from .primary import band_energy_flux, cutoff_powerlaw
