@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -286,72 +285,37 @@ class Survey:
         return d
 
 
-# ---------------------------------------------------------------------- from the data files
-def _read_ecsv(path):
-    from astropy.table import Table
-    from astropy.units import UnitsWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnitsWarning)
-            return Table.read(path, format="ascii.ecsv")
-    except Exception as exc:  # astropy raises many types; the user gets one message
-        raise PopsynthError(f"counts file {path}: not a readable ECSV table ({type(exc).__name__})",
-                            "regenerate it with 'python data/counts/make_counts_tables.py'") from None
-
-
-def _column(table, name: str, unit: str | None):
-    import astropy.units as u
-
-    c = table[name]
-    factor = c.unit.to(u.Unit(unit)) if (unit is not None and c.unit is not None) else 1.0
-    return np.asarray(c, dtype=np.float64) * factor
-
-
+# ---------------------------------------------------------------------- from the loaded records
 def counts_flux_bins(data) -> tuple[np.ndarray, np.ndarray] | None:
     """Bin edges (flux_lo, flux_hi) [n] of a differential counts table, or None.
 
     ``data`` is a :class:`popsynth.data.counts.CountsData`. The BAT differential table stores
-    bin-averaged dN/dS with its bin edges in the columns ``flux_lo``/``flux_hi`` (erg cm^-2
-    s^-1); ``CountsData`` keeps only the bin centres, so the edges are read from ``data.path``.
-    Returns None for cumulative tables and for differential tables without edge columns.
+    bin-averaged dN/dS with its bin edges (erg cm^-2 s^-1), which the loader keeps in
+    ``data.flux_lo``/``data.flux_hi`` (validated there). Returns copies, or None for cumulative
+    tables and for differential tables without edges.
     """
-    if data.kind != "differential":
+    if data.kind != "differential" or getattr(data, "flux_lo", None) is None or getattr(data, "flux_hi", None) is None:
         return None
-    table = _read_ecsv(data.path)
-    if "flux_lo" not in table.colnames or "flux_hi" not in table.colnames:
-        return None
-    lo = _column(table, "flux_lo", "erg cm-2 s-1")
-    hi = _column(table, "flux_hi", "erg cm-2 s-1")
-    if lo.shape != data.flux.shape or not (np.all(lo > 0) and np.all(hi > lo)):
-        raise PopsynthError(f"counts file {data.path}: flux_lo/flux_hi are not valid bin edges",
-                            "regenerate it with 'python data/counts/make_counts_tables.py'")
-    return lo, hi
+    return np.array(data.flux_lo), np.array(data.flux_hi)
 
 
 def survey_for_counts(data) -> Survey:
     """The :class:`Survey` behind a number-count table (a ``CountsData``), from its metadata.
 
     Band, flux limit (meta ``flux_limit``, else the faintest tabulated flux), nominal area,
-    redshift range and conversion photon index come from the file header. A table with an
-    ``area_at_flux`` column (XMM-COSMOS) gets that area curve instead of a single limit.
+    redshift range and conversion photon index come from the file header, as the loader kept
+    them in the record. A table with an ``area_at_flux`` column (XMM-COSMOS) gets that area
+    curve instead of a single limit.
     The published counts are already corrected for the area curve; the curve matters for
     samples (CT fractions, redshift distributions), not for N(>S).
     """
-    table = _read_ecsv(data.path)
-    meta = table.meta
-    zr = meta.get("redshift_range")
-    z_range = tuple(float(x) for x in zr) if zr else None
-    common = dict(name=data.name, band_keV=data.band_keV, z_range=z_range,
+    common = dict(name=data.name, band_keV=data.band_keV, z_range=data.redshift_range,
                   conversion_gamma=data.conversion_gamma, reference=data.reference,
-                  label=str(meta.get("survey", data.label)))
-    if "area_at_flux" in table.colnames:
-        f = _column(table, "flux", "erg cm-2 s-1")
-        a = _column(table, "area_at_flux", "deg2")
-        keep = np.isfinite(a) & (a > 0)
-        return Survey(area_flux=f[keep], area_deg2=a[keep], **common)
-    limit = meta.get("flux_limit")
-    limit = float(limit) if limit is not None else float(data.flux[0])
+                  label=data.survey if data.survey is not None else data.label)
+    if data.area_curve is not None:
+        f, a = data.area_curve
+        return Survey(area_flux=np.array(f), area_deg2=np.array(a), **common)
+    limit = data.flux_limit if data.flux_limit is not None else float(data.flux[0])
     return Survey(flux_limit=limit, area=data.area_deg2, **common)
 
 

@@ -9,7 +9,9 @@ constraints of Ananna et al. 2019 Table 2 that could not be obtained are in
   erg cm^-2 s^-1), ``value``, ``err_lo``, ``err_hi`` and the metadata ``quantity`` =
   ``"N(>S)"`` (cumulative, deg^-2) or ``"dN/dS"`` (differential, deg^-2 (erg cm^-2 s^-1)^-1),
   ``band_keV``, ``paper``, ``population`` ... :func:`list_counts` names them,
-  :func:`load_counts` returns a :class:`CountsData`.
+  :func:`load_counts` returns a :class:`CountsData`: the complete record of the file (also its
+  bin edges ``flux_lo``/``flux_hi``, area curve ``area_at_flux``, every other column, the
+  units and the header metadata), so nothing downstream reads the file again.
 * CT fractions: ``ct_fractions.ecsv``, one row per survey; :func:`load_ct_fractions` returns a
   list of :class:`CTFraction`.
 
@@ -22,13 +24,13 @@ non-finite or non-positive values, an unknown name, a row count that differs fro
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import PopsynthError
+from ..io.ecsv import EcsvTable, read_ecsv
 
 __all__ = [
     "CountsData",
@@ -74,7 +76,17 @@ class CountsData(NamedTuple):
     area_deg2: float | None  # survey area (largest sky coverage) in deg^2
     reference: str  # the paper the numbers come from
     population: str  # "AGN only", "all X-ray point sources", ...
-    path: str  # the file read
+    path: str  # the file read (for messages and provenance; never read again downstream)
+    flux_lo: np.ndarray | None = None  # erg cm^-2 s^-1, [n], bin lower edges (columns flux_lo/flux_hi), or None
+    flux_hi: np.ndarray | None = None  # erg cm^-2 s^-1, [n], bin upper edges (> flux_lo), or None
+    survey: str | None = None  # the survey's name (meta ``survey``), or None
+    flux_limit: float | None = None  # erg cm^-2 s^-1 in band_keV (meta ``flux_limit``), or None
+    redshift_range: tuple[float, float] | None = None  # meta ``redshift_range``, or None
+    area_curve: tuple[np.ndarray, np.ndarray] | None = None  # (flux erg cm^-2 s^-1, area deg^2) [m]: the
+    #   rows of column ``area_at_flux`` with finite area > 0, or None
+    columns: dict | None = None  # every column not above: {name: float64 [n] as stored, in ``units[name]``}
+    units: dict | None = None  # {column name: unit string or None} for every column of the file
+    meta: dict | None = None  # the file's header metadata (provenance, notes, ...)
 
 
 class CTFraction(NamedTuple):
@@ -106,46 +118,18 @@ def _fail(path: Path, problem: str, fix: str = _REGEN) -> PopsynthError:
     return PopsynthError(f"counts file {path}: {problem}", fix)
 
 
-def _read_table(path: Path):
-    from astropy.table import Table
-    from astropy.units import UnitsWarning
-
-    if not path.is_file():
-        raise _fail(path, "file not found", f"{_REGEN}, or pass data_dir= the folder that holds counts/")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnitsWarning)
-            return Table.read(path, format="ascii.ecsv")
-    except Exception as exc:  # astropy raises many types; the user gets one message
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise _fail(path, f"not a readable ECSV table ({type(exc).__name__}: {detail})") from None
+def _read_table(path: Path) -> EcsvTable:
+    return read_ecsv(path, label="counts file", fix=_REGEN,
+                     missing_fix=f"{_REGEN}, or pass data_dir= the folder that holds counts/")
 
 
-def _require_columns(table, cols, path: Path) -> None:
-    missing = [c for c in cols if c not in table.colnames]
-    if missing:
-        raise _fail(path, f"missing column(s) {', '.join(missing)} (required: {', '.join(cols)})")
+def _require_columns(table: EcsvTable, cols, path: Path) -> None:
+    table.require_columns(cols)
 
 
-def _numeric(table, col: str, path: Path, unit: str | None) -> np.ndarray:
+def _numeric(table: EcsvTable, col: str, path: Path, unit: str | None) -> np.ndarray:
     """Column as float64 (in ``unit`` if given; the column must then carry a compatible unit)."""
-    import astropy.units as u
-
-    c = table[col]
-    if unit is not None:
-        if c.unit is None:
-            raise _fail(path, f"column '{col}' has no unit (expected {unit})")
-        target = u.Unit(unit)
-        if isinstance(c.unit, u.UnrecognizedUnit) or not c.unit.is_equivalent(target):
-            raise _fail(path, f"column '{col}' has wrong unit '{c.unit}' (expected {unit})")
-        factor = c.unit.to(target)
-    else:
-        factor = 1.0
-    try:
-        vals = np.ma.filled(np.ma.asarray(c, dtype=float), np.nan)
-    except (TypeError, ValueError):
-        raise _fail(path, f"column '{col}' is not numeric (dtype {c.dtype})") from None
-    return np.ascontiguousarray(np.asarray(vals, dtype=np.float64) * factor)
+    return table.column(col, unit)
 
 
 def _check_positive(arr: np.ndarray, col: str, path: Path) -> None:
@@ -266,6 +250,22 @@ def load_counts(name: str, data_dir=None) -> CountsData:
         raise _fail(path, "column 'flux' is not strictly increasing")
     if kind == "cumulative" and np.any(np.diff(value) > 0):
         raise _fail(path, "cumulative counts N(>S) increase with S (must be non-increasing)")
+    flux_lo = flux_hi = area_curve = None
+    if "flux_lo" in table and "flux_hi" in table:
+        flux_lo = _numeric(table, "flux_lo", path, FLUX_UNIT)
+        flux_hi = _numeric(table, "flux_hi", path, FLUX_UNIT)
+        if not (np.all(flux_lo > 0) and np.all(flux_hi > flux_lo)):
+            raise _fail(path, "flux_lo/flux_hi are not valid bin edges")
+    if "area_at_flux" in table:
+        area = _numeric(table, "area_at_flux", path, "deg2")
+        keep = np.isfinite(area) & (area > 0)
+        area_curve = (flux[keep], area[keep])
+    zr = meta.get("redshift_range")
+    core = set(_COUNT_COLS) | {"flux_lo", "flux_hi", "area_at_flux"}
+    columns = {}
+    for c in table.colnames:
+        if c not in core and table[c].dtype.kind in "fiub":
+            columns[c] = _numeric(table, c, path, None)
 
     return CountsData(
         name=stem,
@@ -281,6 +281,15 @@ def load_counts(name: str, data_dir=None) -> CountsData:
         reference=str(meta["paper"]),
         population=str(meta["population"]),
         path=str(path),
+        flux_lo=flux_lo,
+        flux_hi=flux_hi,
+        survey=str(meta["survey"]) if "survey" in meta else None,
+        flux_limit=_optional_float(meta, "flux_limit", path),
+        redshift_range=tuple(float(x) for x in zr) if zr else None,
+        area_curve=area_curve,
+        columns=columns,
+        units={c: (None if table[c].unit is None else str(table[c].unit)) for c in table.colnames},
+        meta=dict(meta),
     )
 
 

@@ -56,6 +56,10 @@ class EcsvTable:
     def __contains__(self, name: str) -> bool:
         return name in self.table.colnames
 
+    def __getitem__(self, name: str):
+        """The astropy column ``name`` as stored (no unit check; see :meth:`column`)."""
+        return self.table[name]
+
     def fail(self, problem: str, fix: str | None = None) -> PopsynthError:
         """The error for ``problem`` in this file: "<label> <path>: <problem>" (one line)."""
         return PopsynthError(f"{self.label} {self.path}: {problem}", self.fix if fix is None else fix)
