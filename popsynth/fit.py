@@ -185,7 +185,13 @@ class GradientDescent(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015) on u = log w, written out so its state checkpoints as plain tensors."""
+    """Adam (Kingma & Ba 2015) on u = log w: one ``torch.optim.Adam`` step per call.
+
+    The state stays a dict of plain tensors (u, m, v, t), checkpointable and checked like every
+    optimiser's: m and v are ``torch.optim.Adam``'s ``exp_avg`` and ``exp_avg_sq``, t its
+    ``step``; each call loads them into a fresh ``torch.optim.Adam`` (no Python object to pickle)
+    and reads them back. u is clamped to [LOG_W_MIN, LOG_W_MAX] after the step.
+    """
 
     name = "adam"
     default_lr = 0.05
@@ -206,16 +212,18 @@ class Adam(Optimizer):
                 "v": ((n_starts, n_blocks), DTYPE), "t": ((), DTYPE)}
 
     def step(self, state, residual_fn):
-        fn = lambda u: residual_fn(torch.exp(u))  # noqa: E731
-        _, g = _loss_and_grad(fn, state["u"])
-        b1, b2 = self.betas
-        t = state["t"] + 1
-        m = b1 * state["m"] + (1 - b1) * g
-        v = b2 * state["v"] + (1 - b2) * g * g
-        mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        u = (state["u"] - self.lr * mhat / (vhat.sqrt() + self.eps)).clamp(LOG_W_MIN, LOG_W_MAX)
-        loss = (fn(u) ** 2).sum(-1).detach()
-        return {"u": u, "m": m, "v": v, "t": t}, loss
+        u = state["u"].detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=self.lr, betas=self.betas, eps=self.eps, foreach=False)
+        opt.state[u] = {"step": state["t"].detach().clone(), "exp_avg": state["m"].detach().clone(),
+                        "exp_avg_sq": state["v"].detach().clone()}
+        loss = (residual_fn(torch.exp(u)) ** 2).sum(-1)
+        (u.grad,) = torch.autograd.grad(loss.sum(), u)
+        opt.step()
+        st = opt.state[u]
+        with torch.no_grad():
+            u_new = u.detach().clamp(LOG_W_MIN, LOG_W_MAX)
+            loss = (residual_fn(torch.exp(u_new)) ** 2).sum(-1)
+        return {"u": u_new, "m": st["exp_avg"], "v": st["exp_avg_sq"], "t": st["step"].to(DTYPE)}, loss
 
 
 class LevenbergMarquardt(Optimizer):

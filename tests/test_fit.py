@@ -176,3 +176,28 @@ def test_fit_residuals_explicit_jacobian_and_lm_chunks(loss):
         s_chunk, _ = chunked.step(s_chunk, plain)
     torch.testing.assert_close(opt.weights(s_expl), opt.weights(s_auto), rtol=1e-8, atol=0)
     torch.testing.assert_close(opt.weights(s_chunk), opt.weights(s_auto), rtol=1e-8, atol=0)
+
+
+def test_adam_is_torch_optim_adam_and_resumes_from_its_state():
+    """Adam steps are torch.optim.Adam's (agree with the written-out Kingma & Ba update to rounding);
+    a state round-tripped through plain tensors (as in a checkpoint) continues bit for bit."""
+    resp, _, data = _toy()
+    fn = lambda w: residuals(w @ resp, data, "chi2")  # noqa: E731
+    opt = make_optimizer("adam")
+    state = opt.init(initial_weights(4, 15, seed=1))
+    u, m, v = state["u"].clone(), torch.zeros_like(state["u"]), torch.zeros_like(state["u"])
+    for t in range(1, 31):
+        x = u.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((fn(torch.exp(x)) ** 2).sum(), x)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        u = (u - opt.lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + opt.eps)).clamp(-14.0, 9.0)
+        state, _ = opt.step(state, fn)
+    torch.testing.assert_close(state["u"], u, rtol=1e-12, atol=0)
+    assert float(state["t"]) == 30.0 and state["t"].dtype == D
+    cont = state
+    saved = {k: val.clone() for k, val in state.items()}
+    for _ in range(20):
+        cont, loss_a = opt.step(cont, fn)
+        saved, loss_b = make_optimizer("adam").step(saved, fn)
+    assert all(torch.equal(cont[k], saved[k]) for k in cont) and torch.equal(loss_a, loss_b)
