@@ -65,11 +65,18 @@ class ParamSpec(NamedTuple):
     unit: str
     source: str
     group: str
+    prior_mean: float | None = None  # None: the prior is centred on ``default``
 
 
 _U14 = "U14 Table 4 (1-sigma)"
 _U14_FIXED = "fixed in U14; weak prior chosen here (not published)"
 _A19A = "A19 App. A eqs. A2-A4 (1-sigma, from R15)"
+_SG = ("A19 Table 4: mean Gamma 1.80 (sets 1-4, Ricci et al. 2017 BAT unobscured) and 1.96 (set 5, BAT median); "
+       "prior centred between them, width chosen here")
+_SR = ("A19 Table 4 (Ricci et al. 2017 BAT): R = 0.83 (unobscured), 0.37 (obscured, tied by this ratio); "
+       "prior width chosen here (0.14 in Table 4 is the source-to-source scatter)")
+_SE = ("A19 Table 4: E_cut 200 +/- 29 keV (Ricci et al. 2017 BAT Kaplan-Meier, sets 2, 3, 5) and 128 +/- 46 keV "
+       "(Malizia et al. 2014, set 4); prior covers both")
 
 #: Every physical parameter of the model, in a fixed order. Priors: Gaussian (mean = default,
 #: sd = sigma) truncated to [lo, hi]. U14 errors are from ../shared/data/models/xlf_parameters.json
@@ -98,9 +105,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("frac2021_hi", _A19.frac_20_21[1], 0.05, 0.3, 1.0, "", _A19A, "absorption"),
     ParamSpec("f_ct_lo", _A19.f_ct[0], 0.15, 0.0, 2.5, "per dex, units of psi", _A19A, "absorption"),
     ParamSpec("f_ct_hi", _A19.f_ct[1], 0.08, 0.0, 2.5, "per dex, units of psi", _A19A, "absorption"),
+    # spectral-population hyperparameters (popsynth.physical_spectra): default = spectral set 5's value
+    # (another set's value when run with it); the bounds are the outer nodes of the emulator
+    ParamSpec("gamma", 1.96, 0.12, 1.71, 2.21, "mean photon index (unobscured; obscured shifted with it)", _SG,
+              "spectral", 1.88),
+    ParamSpec("refl", 0.83, 0.30, 0.33, 1.33, "mean reflection R (unobscured; obscured scaled with it)", _SR,
+              "spectral"),
+    ParamSpec("ecut", 200.0, 60.0, 100.0, 400.0, "keV, E_cut location (both classes)", _SE, "spectral", 165.0),
 )
 PARAM_INDEX = {p.name: i for i, p in enumerate(PARAMETERS)}
 PHYSICAL_NAMES = tuple(p.name for p in PARAMETERS)
+SPECTRAL_PARAM_NAMES = tuple(p.name for p in PARAMETERS if p.group == "spectral")
 BLOCK_PARAM_NAMES = tuple(f"log10_w[{n}]" for n in block_names())
 
 #: The default free set: every parameter with a published 1-sigma error (U14 Table 4, A19 App. A).
@@ -108,7 +123,7 @@ DEFAULT_FREE = ("log_A", "logLstar", "gamma1", "gamma2", "p1_star", "beta1", "zc
                 "psi0_lo", "psi0_hi", "a1", "epsilon_lo", "epsilon_hi", "f_ct_lo", "f_ct_hi")
 
 _KNOWN_KEYS = {"free", "block_weights", "block_weight_prior_dex", "binned_xlf", "priors", "bounds", "values",
-               "cxb_norm_sigma", "sys_floor", "counts", "use_ct"}
+               "cxb_norm_sigma", "sys_floor", "counts", "use_ct", "spectral_nodes"}
 
 
 def _finite(x, what: str) -> float:
@@ -145,6 +160,7 @@ class PhysicalModel:
     sys_floor: float = 0.0
     counts: tuple | None = None
     use_ct: bool = True
+    spectral_nodes: int = 3
 
     def __post_init__(self):
         self.validate()
@@ -171,6 +187,9 @@ class PhysicalModel:
         s = _finite(self.cxb_norm_sigma, "cxb_norm_sigma")
         if not 0 <= s < 1:
             raise PopsynthError(f"cxb_norm_sigma must be a fraction in [0, 1), got {s}", "e.g. 0.1")
+        if isinstance(self.spectral_nodes, bool) or not isinstance(self.spectral_nodes, int) or \
+                self.spectral_nodes < 3 or self.spectral_nodes % 2 == 0:
+            raise PopsynthError(f"`spectral_nodes` must be an odd integer >= 3, got {self.spectral_nodes!r}", "e.g. 3")
         s = _finite(self.sys_floor, "sys_floor")
         if not 0 <= s < 1:
             raise PopsynthError(f"sys_floor must be a fraction in [0, 1), got {s}", "e.g. 0")
@@ -212,13 +231,18 @@ class PhysicalModel:
     def prior(self, name: str) -> tuple[float, float]:
         """(mean, sigma) of the Gaussian prior of a physical parameter."""
         spec = PARAMETERS[PARAM_INDEX[name]]
-        m, s = self.priors.get(name, (spec.default, spec.sigma))
+        m, s = self.priors.get(name, (spec.default if spec.prior_mean is None else spec.prior_mean, spec.sigma))
         return float(m), float(s)
 
     def bound(self, name: str) -> tuple[float, float]:
         spec = PARAMETERS[PARAM_INDEX[name]]
         lo, hi = self.bounds.get(name, (spec.lo, spec.hi))
         return float(lo), float(hi)
+
+    @property
+    def free_spectral(self) -> tuple:
+        """The free spectral hyperparameters (in the order of ``free``)."""
+        return tuple(n for n in self.free if n in SPECTRAL_PARAM_NAMES)
 
     @property
     def free_names(self) -> tuple:
@@ -229,7 +253,8 @@ class PhysicalModel:
         out = {"free": list(self.free), "block_weights": self.block_weights,
                "block_weight_prior_dex": self.block_weight_prior_dex, "binned_xlf": list(self.binned_xlf),
                "cxb_norm_sigma": self.cxb_norm_sigma, "sys_floor": self.sys_floor,
-               "counts": None if self.counts is None else list(self.counts), "use_ct": self.use_ct}
+               "counts": None if self.counts is None else list(self.counts), "use_ct": self.use_ct,
+               "spectral_nodes": self.spectral_nodes}
         out["parameters"] = {n: {"value": self.value(n), "prior_mean": self.prior(n)[0], "prior_sigma": self.prior(n)[1],
                                  "bounds": list(self.bound(n)), "free": n in self.free,
                                  "source": PARAMETERS[PARAM_INDEX[n]].source} for n in PHYSICAL_NAMES}

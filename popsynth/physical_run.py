@@ -61,13 +61,29 @@ class PhysicalProblem:
     setup_seconds: float
 
     # ------------------------------------------------------------------ model evaluation
+    def _eval(self, u: torch.Tensor):
+        params = self.pmap.full(self.pmap.theta(u))
+        phi, phi1 = self.kernels.builder(params)
+        names = getattr(self.kernels, "hyper_names", ())
+        eta = torch.stack([params[n] for n in names], -1) if names else None
+        return phi, phi1, eta
+
     def cubes(self, u: torch.Tensor):
         """Reduced cubes (phi_red, phi1_red) [B, nz, nL, 6] at unbounded coordinates u [B, P]."""
         return self.kernels.builder(self.pmap.full(self.pmap.theta(u)))
 
     def features(self, u: torch.Tensor, sparse: bool = False) -> torch.Tensor:
-        """Feature vector x [B, F] (every data point's linear functional) at u [B, P]."""
-        return self.kernels.features(*self.cubes(u), sparse=sparse)
+        """Feature vector x [B, F] (every data point's linear functional) at u [B, P]; with free
+        spectral hyperparameters the kernels are the emulator's at theirs (:mod:`popsynth.physical_spectra`)."""
+        phi, phi1, eta = self._eval(u)
+        if eta is None:
+            return self.kernels.features(phi, phi1, sparse=sparse)
+        return self.kernels.features(phi, phi1, eta=eta)
+
+    def cxb_fine(self, u: torch.Tensor) -> torch.Tensor:
+        """AGN CXB per N_H class on the output energies [B, 3, nE_fine] at u [B, P]."""
+        _, phi1, eta = self._eval(u)
+        return self.kernels.cxb_fine(phi1) if eta is None else self.kernels.cxb_fine(phi1, eta=eta)
 
     def residuals(self, u: torch.Tensor) -> torch.Tensor:
         """[B, n]: squares sum to -2 ln L - 2 ln prior (+ const) of theta(u) (the MAP objective in theta)."""
@@ -81,24 +97,50 @@ class PhysicalProblem:
         return 0.5 * (self.kernels.likelihood.neg2_loglike(x) + (pr ** 2).sum(-1)) - self.pmap.log_jacobian(u)
 
 
+def with_set_values(model: PhysicalModel, spec_set: int) -> PhysicalModel:
+    """``model`` with the spectral hyperparameters it does not set taken from spectral set ``spec_set``."""
+    from dataclasses import replace
+
+    from .physical import SPECTRAL_PARAM_NAMES
+    from .physical_spectra import set_value
+
+    vals = dict(model.values)
+    for n in SPECTRAL_PARAM_NAMES:
+        vals.setdefault(n, set_value(spec_set, n))
+    return model if vals == model.values else replace(model, values=vals)
+
+
 def setup(spec_set: int = 5, model: PhysicalModel | None = None, draws: int = 64, device="cpu",
-          log=print) -> PhysicalProblem:
-    """Build the problem of spectral set ``spec_set`` (A19 Table 4) for ``model`` (default config)."""
+          log=print, emulator_cache: bool = True) -> PhysicalProblem:
+    """Build the problem of spectral set ``spec_set`` (A19 Table 4) for ``model`` (default config).
+
+    With free spectral hyperparameters (``gamma``, ``refl``, ``ecut``) the kernels are a
+    :class:`popsynth.physical_spectra.EmulatedKernels` over their nodes (built once, cached)."""
     from .constraints import DEFAULT_COUNTS
+    from .physical import SPECTRAL_PARAM_NAMES
+    from .physical_spectra import _problem_with_table, build_emulator, spectral_set_at, EmulatedKernels
     from .run import RunConfig, build_problem
     from .spectra.model import build_spectral_table, make_components
+    from .spectra.sets import get_spectral_set
 
     t0 = time.time()
-    model = PhysicalModel() if model is None else model
+    model = with_set_values(PhysicalModel() if model is None else model, spec_set)
     cfg = RunConfig(spec_set=spec_set, draws=draws, device=str(device), progress=False, sys_floor=model.sys_floor,
                     cxb_norm_sigma=model.cxb_norm_sigma,
                     counts=DEFAULT_COUNTS if model.counts is None else tuple(model.counts), use_ct=model.use_ct)
     cfg.validate()
     dev = torch.device(device)
     prob = build_problem(cfg, dev, log=lambda *a: None)
-    table = build_spectral_table(cfg.spec_set, prob.grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
+    spec = spectral_set_at(get_spectral_set(spec_set), {n: model.value(n) for n in SPECTRAL_PARAM_NAMES})
+    table = build_spectral_table(spec, prob.grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
                                  components=make_components(cfg.spectral_model, cfg.torus_table), device=dev)
+    if spec is not get_spectral_set(spec_set):  # hyperparameters fixed away from the set: its survey models
+        prob = _problem_with_table(prob, cfg, table, dev)
     kernels = build_kernels(prob, table, cfg, model, device=dev)
+    if model.free_spectral:
+        em = build_emulator(prob, cfg, model, spec, kernels, model.free_spectral, device=dev, cache=emulator_cache,
+                            log=log)
+        kernels = EmulatedKernels(kernels, em)
     pp = PhysicalProblem(cfg, prob, kernels, model, ParameterMap(model, dev), time.time() - t0)
     log(f"set-up {pp.setup_seconds:.1f} s (kernels {kernels.seconds:.1f} s): spectral set {spec_set}, "
         f"{len(pp.pmap.names)} free parameters, {kernels.n_features} features, "
@@ -348,8 +390,8 @@ def write_outputs(pp: PhysicalProblem, u_mode: torch.Tensor, lap: dict, post: Ph
         red = _batched(lambda v: pp.cubes(v)[0], u_thin, 32)
         qc = _q(red)  # [3, nz, nL, 6]
         cubes = {f"phi_p{p}": xb.expand(qc[i]).numpy() for i, p in enumerate((16, 50, 84))}
-        fine_cls = _batched(lambda v: ks.cxb_fine(pp.cubes(v)[1]), u_thin, 32)  # [N, 3, nE]
-        fine_mode = ks.cxb_fine(phi1_mode)[0]
+        fine_cls = _batched(lambda v: pp.cxb_fine(v), u_thin, 32)  # [N, 3, nE]
+        fine_mode = pp.cxb_fine(u_mode)[0]
     spec = get_spectral_set(pp.cfg.spec_set)
     fit_stats = {"chi2_at_median": chi_med, "chi2_at_mode": chi_mode, "n_points": npts, "groups": group_chi,
                  "chi2_definition": "chi2 (Poisson deviance for binned source numbers; log-normal chi2 for binned XLF "
@@ -574,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "main run (default: the Laplace approximation whitens it)")
     ap.add_argument("--profile-sets", default=None, metavar="LIST",
                     help="comma-separated spectral sets: mode and Laplace evidence per set instead of sampling")
+    ap.add_argument("--free-spectra", action="store_true",
+                    help="also sample the spectral hyperparameters gamma, refl and ecut (mean Gamma, R, E_cut; "
+                         "kernels interpolated over 3 nodes each, built once and cached)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -599,6 +644,12 @@ def main(argv=None) -> int:
     try:
         _check_args(a)
         model = PhysicalModel.from_toml(a.config) if a.config else PhysicalModel()
+        if a.free_spectra:
+            from dataclasses import replace
+
+            from .physical import SPECTRAL_PARAM_NAMES
+
+            model = replace(model, free=tuple(model.free) + tuple(n for n in SPECTRAL_PARAM_NAMES if n not in model.free))
         if a.profile_sets:
             try:
                 sets = [int(x) for x in a.profile_sets.split(",") if x.strip()]
