@@ -17,13 +17,13 @@ point selected, fewer or more rows or selected points than the header declares i
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
 from ..errors import PopsynthError
+from ..io.ecsv import EcsvTable, read_ecsv
 
 __all__ = [
     "CXBDataset",
@@ -51,6 +51,8 @@ class CXBDataset(NamedTuple):
     reference: str  # the paper the numbers come from
     path: str  # the file read
     used_in_fit: np.ndarray | None = None  # bool [n]: the file's selection flag for these points
+    meta: dict | None = None  # the file's header metadata (provenance, instrument, notes, n_points, ...)
+    units: dict | None = None  # {column name: unit string as stored, or None} for every column of the file
 
 
 TRAINING_SETS = ("chandra_cosmos", "rxte", "swift_bat")
@@ -105,52 +107,17 @@ def cxb_path(name: str, data_dir=None) -> Path:
     return _resolve_dir(data_dir) / CXB_FILES[name]
 
 
-def _read_table(path: Path):
-    from astropy.table import Table
-    from astropy.units import UnitsWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnitsWarning)
-            return Table.read(path, format="ascii.ecsv")
-    except Exception as exc:  # astropy raises many types; the user gets one message
-        detail = " ".join(str(exc).split())[:200].rstrip(". ") or "no detail"
-        raise _fail(
-            path,
-            f"not a readable ECSV table ({type(exc).__name__}: {detail})",
-            f"check the file or {_REGEN}",
-        ) from None
+def _read_table(path: Path) -> EcsvTable:
+    return read_ecsv(path, label="CXB file", fix=f"check the file or {_REGEN}",
+                     missing_fix=f"{_REGEN}, or pass data_dir= the folder that holds cxb/")
 
 
-def _column_values(table, col: str, target, path: Path) -> np.ndarray:
+def _column_values(table: EcsvTable, col: str, target, path: Path) -> np.ndarray:
     """Column ``col`` as float64 in unit ``target``; masked entries become NaN."""
-    import astropy.units as u
-
-    c = table[col]
-    unit = c.unit
-    if unit is None:
-        raise _fail(
-            path,
-            f"column '{col}' has no unit (expected {target})",
-            f"write the unit into the ECSV header or {_REGEN}",
-        )
-    target_unit = u.Unit(target)
-    if isinstance(unit, u.UnrecognizedUnit) or not unit.is_equivalent(target_unit):
-        raise _fail(
-            path,
-            f"column '{col}' has wrong unit '{unit}' (expected {target})",
-            f"convert the column to {target} or {_REGEN}",
-        )
-    try:
-        vals = np.ma.filled(np.ma.asarray(c, dtype=float), np.nan)
-    except (TypeError, ValueError):
-        raise _fail(
-            path,
-            f"column '{col}' is not numeric (dtype {c.dtype})",
-            f"fix the column or {_REGEN}",
-        ) from None
-    factor = unit.to(target_unit)
-    return np.ascontiguousarray(vals * factor, dtype=np.float64)
+    return table.column(col, target, fixes={
+        "no_unit": f"write the unit into the ECSV header or {_REGEN}",
+        "wrong_unit": f"convert the column to {target} or {_REGEN}",
+        "not_numeric": f"fix the column or {_REGEN}"})
 
 
 def _used_flags(table, path: Path) -> np.ndarray:
@@ -210,28 +177,15 @@ def load_cxb_dataset(name: str, selected: bool = True, data_dir=None) -> CXBData
         is read from ``data_dir/"cxb"``.
     """
     path = cxb_path(name, data_dir)
-    if not path.is_file():
-        raise _fail(
-            path,
-            "file not found",
-            f"{_REGEN}, or pass data_dir= the folder that holds cxb/",
-        )
-
     table = _read_table(path)
-    missing = [c for c in _REQUIRED if c not in table.colnames]
-    if missing:
-        raise _fail(
-            path,
-            f"missing column(s) {', '.join(missing)} (required: {', '.join(_REQUIRED)})",
-            f"add the columns or {_REGEN}",
-        )
+    table.require_columns(_REQUIRED, f"add the columns or {_REGEN}")
     if len(table) == 0:
         raise _fail(path, "the table has no rows", _REGEN)
 
     cols = {c: _column_values(table, c, "keV", path) for c in _ENERGY_COLS}
     cols.update({c: _column_values(table, c, INTENSITY_UNIT, path) for c in _INTENSITY_COLS})
     used = _used_flags(table, path)
-    _check_declared_counts(table.meta or {}, len(table), int(used.sum()), path)
+    _check_declared_counts(table.meta, len(table), int(used.sum()), path)
 
     for c in ("energy", "intensity", "err_lo", "err_hi"):
         v = cols[c]
@@ -281,7 +235,7 @@ def load_cxb_dataset(name: str, selected: bool = True, data_dir=None) -> CXBData
             "or set used_in_fit True for the points to fit",
         )
 
-    meta = table.meta or {}
+    meta = table.meta
     label = str(meta.get("label") or _DEFAULT_LABELS[name])
     reference = str(meta.get("paper") or _DEFAULT_REFERENCES[name])
     return CXBDataset(
@@ -296,6 +250,8 @@ def load_cxb_dataset(name: str, selected: bool = True, data_dir=None) -> CXBData
         reference=reference,
         path=str(path),
         used_in_fit=used[mask].copy(),
+        meta=dict(meta),
+        units={c: (None if table[c].unit is None else str(table[c].unit)) for c in table.colnames},
     )
 
 
