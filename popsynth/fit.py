@@ -250,17 +250,25 @@ class LevenbergMarquardt(Optimizer):
     def state_spec(self, n_starts, n_blocks):
         return {"u": ((n_starts, n_blocks), DTYPE), "lam": ((n_starts,), DTYPE)}
 
-    def step(self, state, residual_fn):
+    def step(self, state, residual_fn, active: torch.Tensor | None = None):
+        """One step for all starts, or only for those where ``active`` [B] (bool) is True: the others
+        keep u and lam and report their loss at u. Residuals, Jacobians, J^T J, J^T r and trial losses
+        are still evaluated on the whole batch (chunk): on CPU a matrix product's rows depend at
+        rounding level on the batch size (w @ A: rows in a partial panel) and a batched bmm's on
+        where each matrix sits in memory (a gathered copy differs, a prefix does not), so only
+        the damped LU solve is restricted to the active starts (the same bits on any subset). An
+        active start's iterates are therefore bitwise those of an unmasked step."""
         u, lam = state["u"], state["lam"]
         fn = lambda uu: residual_fn(torch.exp(uu))  # noqa: E731
         jac_w = getattr(residual_fn, "jacobian", None)  # explicit Jacobian (FitResiduals), else autograd
         jac_u = getattr(residual_fn, "log_jacobian", None)  # the same times w, into a buffer
         b = u.shape[0]
         if b <= self.chunk:
-            return self._step(u, lam, fn, jac_w, jac_u)
+            return self._step(u, lam, fn, jac_w, jac_u, active)
         # the starts are independent: step them in chunks, so that the Jacobians [chunk, n, 15]
         # stay small (memory, cache) whatever the number of starts
-        parts = [self._step(u[i:i + self.chunk], lam[i:i + self.chunk], fn, jac_w, jac_u)
+        parts = [self._step(u[i:i + self.chunk], lam[i:i + self.chunk], fn, jac_w, jac_u,
+                            None if active is None else active[i:i + self.chunk])
                  for i in range(0, b, self.chunk)]
         return ({"u": torch.cat([p[0]["u"] for p in parts]), "lam": torch.cat([p[0]["lam"] for p in parts])},
                 torch.cat([p[1] for p in parts]))
@@ -282,7 +290,7 @@ class LevenbergMarquardt(Optimizer):
             self._jac_buf = buf
         return buf[:math.prod(shape)].view(shape)
 
-    def _step(self, u, lam, fn, jac_w=None, jac_u=None):
+    def _step(self, u, lam, fn, jac_w=None, jac_u=None, active=None):
         with torch.no_grad():
             if jac_w is None and jac_u is None:
                 r = fn(u)
@@ -298,9 +306,18 @@ class LevenbergMarquardt(Optimizer):
                 r, jw = jac_w(w)
                 jac = jw * w[:, None, :]  # d/du = d/dw * w
         loss0 = (r ** 2).sum(-1)
+        idx = None
+        if active is not None and not bool(active.all()):
+            idx = torch.nonzero(active)[:, 0]
+            if idx.numel() == 0:
+                return {"u": u, "lam": lam}, loss0
+            u_all, lam_all, loss0_all = u, lam, loss0
+            u, lam, loss0 = u[idx], lam[idx], loss0[idx]
         jt = jac.transpose(1, 2)
         h = jt @ jac
         g = (jt @ r[..., None])[..., 0]
+        if idx is not None:  # bmm of a gathered copy differs at rounding level (alignment): select after
+            h, g = h[idx], g[idx]
         dg = torch.diagonal(h, dim1=1, dim2=2).clamp_min(1e-12)
         a = h + torch.diag_embed(lam[:, None] * dg)
         try:
@@ -310,11 +327,18 @@ class LevenbergMarquardt(Optimizer):
         d = torch.nan_to_num(d, nan=0.0).clamp(-3.0, 3.0)
         u_try = (u + d).clamp(LOG_W_MIN, LOG_W_MAX)
         with torch.no_grad():
-            loss_try = (fn(u_try) ** 2).sum(-1)
+            if idx is None:
+                loss_try = (fn(u_try) ** 2).sum(-1)
+            else:  # the trial loss on the whole batch (same rows, same bits), inactive starts at u
+                loss_try = (fn(u_all.index_copy(0, idx, u_try)) ** 2).sum(-1)[idx]
         ok = torch.isfinite(loss_try) & (loss_try < loss0)
         u_new = torch.where(ok[:, None], u_try, u)
         lam_new = torch.where(ok, lam / 3.0, lam * 2.0).clamp(1e-12, 1e12)
-        return {"u": u_new, "lam": lam_new}, torch.where(ok, loss_try, loss0)
+        loss_new = torch.where(ok, loss_try, loss0)
+        if idx is not None:
+            u_new, lam_new = u_all.index_copy(0, idx, u_new), lam_all.index_copy(0, idx, lam_new)
+            loss_new = loss0_all.index_copy(0, idx, loss_new)
+        return {"u": u_new, "lam": lam_new}, loss_new
 
 
 def jacobian_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -201,3 +201,34 @@ def test_adam_is_torch_optim_adam_and_resumes_from_its_state():
         cont, loss_a = opt.step(cont, fn)
         saved, loss_b = make_optimizer("adam").step(saved, fn)
     assert all(torch.equal(cont[k], saved[k]) for k in cont) and torch.equal(loss_a, loss_b)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_lm_active_mask_leaves_active_iterates_bitwise_unchanged(explicit):
+    """LevenbergMarquardt.step(active=...): active starts move exactly as in an unmasked step
+    (bit for bit, several steps), inactive ones keep u and lam and report their loss at u."""
+    from popsynth.fit import FitData, FitResiduals
+
+    resp, _, data = _toy()
+    if explicit:
+        model = lambda w: w @ resp  # noqa: E731
+        model.response = resp
+        fd = FitData(data.energy, data.obs, data.err_lo, data.err_hi, data.dataset, data.names, data.labels)
+        fn = FitResiduals(model, fd, "chi2", 0.0, 1.0)
+    else:
+        fn = lambda w: torch.cat([residuals(w @ resp, data, "chi2"), prior_residuals(w, 1.0)], -1)  # noqa: E731
+    opt = make_optimizer("lm")
+    full = masked = opt.init(initial_weights(13, 15, seed=3))
+    active = torch.tensor([True, False, True, True, False, True, True, True, False, True, True, False, True])
+    for _ in range(5):
+        ref, ref_loss = opt.step(full, fn)
+        new, new_loss = opt.step(masked, fn, active=active)
+        assert torch.equal(new["u"][active], ref["u"][active]) and torch.equal(new["lam"][active], ref["lam"][active])
+        assert torch.equal(new_loss[active], ref_loss[active])
+        assert torch.equal(new["u"][~active], masked["u"][~active]) and torch.equal(new["lam"][~active], masked["lam"][~active])
+        torch.testing.assert_close(new_loss[~active], (fn(torch.exp(masked["u"][~active])) ** 2).sum(-1), rtol=1e-12, atol=0)
+        full, masked = ref, {"u": torch.where(active[:, None], ref["u"], masked["u"]),
+                             "lam": torch.where(active, ref["lam"], masked["lam"])}
+    all_on, l_on = opt.step(full, fn, active=torch.ones(13, dtype=torch.bool))
+    plain, l_plain = opt.step(full, fn)
+    assert torch.equal(all_on["u"], plain["u"]) and torch.equal(l_on, l_plain)
