@@ -14,6 +14,9 @@ the parameters of its ingredients, with autograd through everything:
   ratio) at low / high L, the 20-21 share of the unabsorbed at low / high L, and the Compton-thick
   value per dex f_CT at low / high L. psi is clipped to [0.2, 0.84] (U14) and the split
   log L = 43.58 is fixed.
+- Spectral-population hyperparameters (``group == "spectral"``): gamma (mean photon index), refl (mean
+  R, one R with the obscured value tied) and ecut (E_cut location); default the spectral set's values
+  and fixed; when free the kernels are interpolated over nodes (:mod:`popsynth.physical_spectra`).
 - Block weights: 15 multiplicative corrections w_k (A19 section 5.1 blocks) as log10 w_k, off by
   default; with every physical parameter fixed at its default and the weights free the model is
   the block model of :mod:`popsynth.likelihood` exactly (tested).

@@ -21,8 +21,9 @@
    corner.png (when matplotlib is installed).
 
 ``--profile-sets`` instead finds the mode for each listed spectral set and compares them (-2 ln L,
-chi^2 per data group, Laplace evidence): the spectral hyperparameters are profiled over the A19
-sets, not sampled (see docs/physical.md).
+chi^2 per data group, Laplace evidence): the spectral hyperparameters profiled over the A19 sets.
+``--free-spectra`` instead samples them (gamma, refl, ecut) with kernels interpolated over nodes
+(:mod:`popsynth.physical_spectra`, docs/physical.md).
 """
 
 from __future__ import annotations
