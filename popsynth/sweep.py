@@ -659,19 +659,18 @@ def build_table(rows: list[dict], meta: dict | None = None):
 
 def write_table(table, path) -> None:
     """Write the sweep table as ECSV, atomically."""
-    from .io import atomic_write
+    from .io.ecsv import write_ecsv
 
-    atomic_write(Path(path), lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
+    write_ecsv(Path(path), table)
 
 
 def read_table(path):
-    """Read a sweep table (``sweep.ecsv``) back as an astropy Table."""
-    from astropy.table import Table
+    """Read a sweep table (``sweep.ecsv``) back as an astropy Table; PopsynthError when it is
+    missing or not a readable ECSV table."""
+    from .io.ecsv import read_ecsv
 
-    try:
-        return Table.read(Path(path), format="ascii.ecsv")
-    except FileNotFoundError:
-        raise PopsynthError(f"sweep table {path} not found", "run popsynth sweep first") from None
+    return read_ecsv(Path(path), label="sweep table", fix="re-run popsynth sweep to rewrite it",
+                     missing_fix="run popsynth sweep first").table
 
 
 def plot_sweep(table, path) -> Path | None:
