@@ -243,6 +243,8 @@ def test_config_from_toml_and_example(tmp_path):
     ('free = []', "no free parameter"),
     ('free = "logLstar', "not valid TOML"),
     ('binned_xlf = ["ueda15"]', "unknown binned XLF"),
+    ('spectral_nodes = 4', "odd integer"),
+    ('free = ["gamma"]\n[values]\ngamma = 2.5', "outside its bounds"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, text, words):
     p = tmp_path / "bad.toml"
