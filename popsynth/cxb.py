@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from ._tensor import DTYPE, as_tensor, interp_loglog
-from .cosmology import CosmologyParams, distance_tables
+from .blocks import BLOCKS
+from .cosmology import CosmologyParams
 from .errors import PopsynthError
-from .grid import NH_CLASS_NAMES, Grid, nh_class_of_blocks
+from .grid import Grid
+from .response import block_cxb_response, cxb_response, luminosity_weighted_cube  # noqa: F401 (re-exported)
 from .spectra.model import SpectralTable
 
 def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyParams = CosmologyParams(),
@@ -58,7 +60,7 @@ def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyPara
             f"observed energies {float(e.min()):g}-{float(e.max()):g} keV need rest-frame spectra over "
             f"{erest_min:g}-{erest_max:g} keV, beyond the table's {float(table.energy[0]):g}-{float(table.energy[-1]):g} keV",
             "restrict the energies or build the spectral table on a wider energy grid")
-    d = distance_tables(grid.z, cosmology, device=e.device)
+    d = grid.distances(cosmology, e.device)
     z = d["z"]
     wz = as_tensor(grid.z_weights, e.device)
     geom = wz * d["dvc_dz_dsr_mpc3"] * (1 + z) ** 2 / (4 * math.pi * d["d_l_cm"] ** 2)  # [nz] Mpc^3 sr^-1 cm^-2
@@ -68,38 +70,29 @@ def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyPara
     return geom[:, None, None] * (e ** 2)[None, None, :] * s.permute(1, 0, 2) * dlognh[None, :, None]
 
 
-def luminosity_weighted_cube(phi1: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """phi * L * dlogL per cell: [..., nz, nL, nN] -> same shape, Mpc^-3 dex^-1 erg s^-1."""
-    lw = as_tensor(10.0 ** grid.logl * grid.dlogl, phi1.device)
-    return phi1 * lw[:, None]
-
-
 def cxb_from_cube(phi: torch.Tensor, kernel: torch.Tensor, grid: Grid) -> torch.Tensor:
     """CXB for full cubes: phi [B, nz, nL, nN] (Mpc^-3 dex^-2) -> I [B, nE] (keV^2 cm^-2 s^-1 keV^-1 sr^-1).
 
-    The general path (any weighting of the cube). ``phi`` should be the L-weighted cell
-    average (see :func:`popsynth.xlf.build_phi0` with ``l_moment=1``) for exactness in L;
-    a plain cell average is accurate to second order in the cell width.
+    The general path (any weighting of the cube), :func:`popsynth.response.cxb_response`. ``phi``
+    should be the L-weighted cell average (see :func:`popsynth.xlf.build_phi0` with ``l_moment=1``)
+    for exactness in L; a plain cell average is accurate to second order in the cell width.
     """
-    m = luminosity_weighted_cube(phi, grid).sum(-2)  # [B, nz, nN]
-    return torch.einsum("bzn,zne->be", m, kernel)
+    return cxb_response(phi, kernel, grid)
 
 
 def block_response(phi1: torch.Tensor, kernel: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Response of the CXB to each block weight: A[k, e] = I(e) of block k at unit weight.
 
+    The CXB kernel applied to the 15 block cubes (:func:`popsynth.response.block_cxb_response`).
     Args: phi1 [nz, nL, nN] L-weighted starting cube; kernel [nz, nN, nE].
     Returns float64 [15, nE]. Then I[b, e] = w[b, :] @ A.
     """
-    masks = grid.block_masks(phi1.device)  # [15, nL, nN]
-    m = luminosity_weighted_cube(phi1, grid)  # [nz, nL, nN]
-    mk = torch.einsum("zln,kln->kzn", m, masks)  # [15, nz, nN]
-    return torch.einsum("kzn,zne->ke", mk, kernel)
+    return block_cxb_response(phi1, kernel, grid)
 
 
 def class_of_block() -> torch.Tensor:
-    """N_H class (0, 1, 2) of each block: long [15] (:func:`popsynth.grid.nh_class_of_blocks`)."""
-    return nh_class_of_blocks()
+    """N_H class (0, 1, 2) of each block: long [15] (alias of :meth:`popsynth.blocks.Blocks.nh_class`)."""
+    return BLOCKS.nh_class()
 
 
 class CXBModel:
@@ -122,8 +115,8 @@ class CXBModel:
         return weights @ self.response
 
     def by_class(self, weights: torch.Tensor) -> torch.Tensor:
-        cls = class_of_block().to(weights.device)
-        out = [weights[:, cls == c] @ self.response[cls == c] for c in range(len(NH_CLASS_NAMES))]
+        cls = BLOCKS.nh_class().to(weights.device)
+        out = [weights[:, cls == c] @ self.response[cls == c] for c in range(BLOCKS.n_classes)]
         return torch.stack(out, dim=1)
 
     def to(self, device) -> "CXBModel":
