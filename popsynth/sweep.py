@@ -937,8 +937,8 @@ def main(argv=None) -> int:
             return 0
         res = run_sweep(sweep, args.out, args.workers, args.scheduler, torch_threads=args.torch_threads,
                         figure=not args.no_figure)
-    except PopsynthError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except PopsynthError as err:  # the output-folder checks name the parameter `out`: here it is --out
+        print(f"error: {err}".replace("`out`", "--out"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished configurations are in the table; rerun the same command to continue "

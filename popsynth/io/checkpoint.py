@@ -48,9 +48,9 @@ def load_checkpoint(path) -> dict:
     """
     p = checkpoint_file(path)
     if not p.exists():
-        raise PopsynthError(f"checkpoint {p} not found", "pass --resume the run folder or its checkpoint.pt")
+        raise PopsynthError(f"checkpoint {p} not found", "pass `resume` the run folder or its checkpoint.pt")
     if not p.is_file():
-        raise PopsynthError(f"checkpoint {p} is not a file", "pass --resume the run folder or its checkpoint.pt")
+        raise PopsynthError(f"checkpoint {p} is not a file", "pass `resume` the run folder or its checkpoint.pt")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")

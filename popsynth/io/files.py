@@ -74,7 +74,7 @@ def check_output_folder(path) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise PopsynthError(f"output folder {p} is an existing file, not a folder",
-                            "pass --out a folder (new or existing), not a file")
+                            "pass `out` a folder (new or existing), not a file")
     probe = p
     while not probe.exists():
         if probe.parent == probe:
@@ -82,7 +82,7 @@ def check_output_folder(path) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise PopsynthError(f"output folder {p} cannot be created: {probe} is a file",
-                            "pass --out a path whose parents are folders")
+                            "pass `out` a path whose parents are folders")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".popsynth-write-test.", dir=probe)
         os.close(fd)
@@ -91,7 +91,7 @@ def check_output_folder(path) -> None:
         where = "is not writable" if probe == p else f"cannot be created: {probe} is not writable"
         reason = exc.strerror or type(exc).__name__
         raise PopsynthError(f"output folder {p} {where} ({reason})",
-                            "pass --out a folder you can write to, or fix its permissions") from None
+                            "pass `out` a folder you can write to, or fix its permissions") from None
 
 
 LOCK_NAME = ".popsynth.lock"
@@ -134,7 +134,7 @@ class RunLock:
         who = (f"PID {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started', '?')}"
                if info else "an unknown process")
         return PopsynthError(f"another run ({who}) is using the output folder {self.folder} (lock file {self.path})",
-                             "wait for it to finish or pass a different --out; if no such run exists any more, "
+                             "wait for it to finish or pass a different `out`; if no such run exists any more, "
                              f"delete {self.path}")
 
     def _stale_note(self, info: dict) -> None:
@@ -179,7 +179,7 @@ class RunLock:
             self._write_owner(fd)
             self._fd = fd
             return self
-        raise PopsynthError(f"could not lock the output folder {self.folder}", "retry, or pass a different --out")
+        raise PopsynthError(f"could not lock the output folder {self.folder}", "retry, or pass a different `out`")
 
     def _acquire_excl(self) -> "RunLock":
         for _ in range(5):
@@ -196,7 +196,7 @@ class RunLock:
             self._write_owner(fd)
             self._fd = fd
             return self
-        raise PopsynthError(f"could not lock the output folder {self.folder}", "retry, or pass a different --out")
+        raise PopsynthError(f"could not lock the output folder {self.folder}", "retry, or pass a different `out`")
 
     def release(self) -> None:
         """Remove the lock file and release the lock (idempotent)."""
