@@ -57,14 +57,14 @@ class SamplerConfig:
         for name in ("chains", "warmup", "samples", "max_tree_depth"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise PopsynthError(f"sampler setting {name} must be a positive integer, got {v!r}",
-                                    f"pass {name} >= 1")
+                raise PopsynthError(f"sampler setting `{name}` must be a positive integer, got {v!r}",
+                                    f"pass `{name}` >= 1")
         if self.chains < 2:
-            raise PopsynthError("R-hat needs at least 2 chains", "pass chains >= 2")
+            raise PopsynthError("R-hat needs at least 2 chains", "pass `chains` >= 2")
         if not (0.5 <= self.target_accept < 1.0):
-            raise PopsynthError(f"target_accept must be in [0.5, 1), got {self.target_accept}", "e.g. 0.8")
+            raise PopsynthError(f"`target_accept` must be in [0.5, 1), got {self.target_accept}", "e.g. 0.8")
         if not (math.isfinite(self.init_jitter) and self.init_jitter >= 0):
-            raise PopsynthError(f"init_jitter must be finite and >= 0, got {self.init_jitter}", "e.g. 0.3")
+            raise PopsynthError(f"`init_jitter` must be finite and >= 0, got {self.init_jitter}", "e.g. 0.3")
 
 
 @dataclass
@@ -225,7 +225,7 @@ def _sample(lik, prior, w_mode, cfg, progress) -> PosteriorSamples:
     w = torch.nn.functional.softplus(center + z @ chol2.T)
     u = torch.log(w)
     if not bool(torch.isfinite(u).all()):
-        raise PopsynthError("the sampler produced non-finite weights", "use a narrower prior (weight_prior) or check the data")
+        raise PopsynthError("the sampler produced non-finite weights", "use a narrower prior (`weight_prior`) or check the data")
     r_hat = split_gelman_rubin(u, chain_dim=0, sample_dim=1)
     ess = effective_sample_size(u, chain_dim=0, sample_dim=1)
     return PosteriorSamples(u, r_hat, ess, n_div, step, time.time() - t0,

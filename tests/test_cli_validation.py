@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+import popsynth.resources as resources_module
 import popsynth.run as run_module
-from popsynth.cli import main
+from popsynth.cli import flag_text, main
 from popsynth.errors import PopsynthError
 from popsynth.fit import Convergence, initial_weights, make_optimizer
 from popsynth.io import CHECKPOINT_FORMAT, LOCK_NAME, RunLock, XLFCube, atomic_write, current_umask, save_checkpoint
@@ -238,7 +239,7 @@ def test_too_many_draws_states_estimate(capsys):
 
 
 def test_memory_estimate_against_available(capsys, monkeypatch):
-    monkeypatch.setattr(run_module, "available_memory", lambda device: (2.0e9, "test"))
+    monkeypatch.setattr(resources_module, "available_memory", lambda device: (2.0e9, "test"))
     rc, err, _ = _cli(["--draws", "2000", "--starts", "100"], capsys)
     _one_error(rc, err, "--starts 100 and --draws 2000 need about", "but only 2.0 GB is available (test)",
                "use fewer starts or draws: --draws ", "or fewer (with --starts 100) fit here")
@@ -331,7 +332,10 @@ def test_run_that_cannot_move_warns(tmp_path, capsys, fast_setup):
     warn = [line for line in cap.err.splitlines() if line.startswith("warning: ")]
     assert len(warn) == 1 and "no start lowered its loss by more than 0.1 % in 2 steps of --optimizer gd" in warn[0]
     assert "the weights hardly moved" in warn[0] and "try --lr within 1e-10-0.1" in warn[0]
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["warnings"] == [warn[0][len("warning: "):]]
+    # summary.json keeps the library's words (settings named by parameter); train.py prints them as flags
+    stored = json.loads((tmp_path / "o" / "summary.json").read_text())["warnings"]
+    assert len(stored) == 1 and "steps of `optimizer` gd" in stored[0] and "try `lr` within 1e-10-0.1" in stored[0]
+    assert flag_text(stored[0]) == warn[0][len("warning: "):]
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -365,12 +369,14 @@ def test_ctrl_c_before_run_starts(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_the_fit_names_the_saved_step(tmp_path, capsys, monkeypatch, fast_setup):
-    class StopAt21(run_module.Progress):
-        def update(self, done, info=""):
-            if done == 21:
+    class StopAt21(run_module.tqdm):
+        def update(self, n=1):
+            self.done = getattr(self, "done", 0) + n
+            if self.done == 21:
                 raise KeyboardInterrupt
+            return super().update(n)
 
-    monkeypatch.setattr(run_module, "Progress", StopAt21)
+    monkeypatch.setattr(run_module, "tqdm", StopAt21)
     out = tmp_path / "o"
     rc, err, _ = _cli(["--out", out, "--starts", "2", "--draws", "2", "--mode", "cxb", "--quiet", "--optimizer", "gd",
                        "--loss", "a19", "--steps", "40"], capsys)
@@ -555,19 +561,21 @@ def test_progress_bar_on_a_pipe_is_short(tmp_path):
     count and the status text, not one line per step; a disabled bar writes nothing."""
     import io
 
-    from popsynth.progress import Progress
+    from popsynth.run import fit_progress
 
     s = io.StringIO()
-    p = Progress(500, "fit set 5", stream=s)
+    p = fit_progress(500, "fit set 5", stream=s)
     for i in range(1, 501):
-        p.update(i, f"best loss {i}")
+        p.set_postfix_str(f"best loss {i}", refresh=False)
+        p.update(1)
     p.close()
     text = s.getvalue()
     assert "fit set 5 500/500 (100%)" in text and "best loss 500" in text
     assert text.count("fit set 5") <= 12
     quiet = io.StringIO()
-    q = Progress(10, "x", enabled=False, stream=quiet)
-    q.update(5, "y")
+    q = fit_progress(10, "x", enabled=False, stream=quiet)
+    q.set_postfix_str("y")
+    q.update(5)
     q.close()
     assert quiet.getvalue() == ""
 
