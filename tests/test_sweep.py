@@ -60,9 +60,9 @@ def test_bad_sweep_file_is_one_line_naming_the_key(doc, expect):
 def test_bad_combination_names_the_configuration(tmp_path):
     s = _sweep({"counts": ["none"], "no_ct": [True, False]})
     msg = _error(s.configurations, tmp_path)
-    assert "configuration counts='none', no_ct=True" in msg and "--mode joint needs" in msg
+    assert "configuration counts='none', no_ct=True" in msg and "`mode` joint needs" in msg
     msg = _error(_sweep({"chains": [2, 1]}).configurations, tmp_path)
-    assert "configuration chains=1" in msg and "--chains must be an integer in 2..64" in msg
+    assert "configuration chains=1" in msg and "`chains` must be an integer in 2..64" in msg
     msg = _error(_sweep({"draws": [2, 20000]}, fixed={}).configurations, tmp_path)
     assert "configuration draws=20000: --draws 20000 is above the limit of 10000" in msg
 
@@ -198,7 +198,7 @@ def test_failing_configuration_is_recorded_not_fatal(tiny_sweep):
     failed = [row for row in t if row["status"] == "failed"]
     assert [row["name"] for row in failed] == [NAMES[1], NAMES[3]]
     for row in failed:
-        assert "--starts 10000000 and --draws 2 need about" in row["error"] and "of memory" in row["error"]
+        assert "`starts` 10000000 and `draws` 2 need about" in row["error"] and "of memory" in row["error"]
         assert math.isnan(row["chi2_cxb_total"]) and math.isnan(row["ct_fraction_z0.1_median"])
         assert finished_summary(row["out"]) is None
         assert "PopsynthError" in (Path(row["out"]) / "sweep.log").read_text()
