@@ -592,3 +592,62 @@ def test_model_flag_dispatches(capsys):
     assert main(["--model=physical", "--spec-set", "9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- parameters vs flags
+def test_flag_text_names_flags_for_settings():
+    """Library messages name settings in backticks; train.py prints them as its flags."""
+    assert flag_text("`starts` must be >= 1, got 0; pass e.g. `seed` 0") == "--starts must be >= 1, got 0; pass e.g. --seed 0"
+    assert flag_text("drop `counts` none / `use_ct=False`, or use `mode` cxb") == "drop --counts none / --no-ct, or use --mode cxb"
+    assert flag_text("`sys_floor`, `spectral_model`, `resume`, `out`") == "--sys-floor, --spectral-model, --resume, --out"
+    assert flag_text("`spectra_seed` must be in 0 .. 2**63 - 1") == "`spectra_seed` must be in 0 .. 2**63 - 1"  # no flag
+
+
+@pytest.mark.parametrize("changes,text", [
+    ({"starts": 0}, "`starts` must be >= 1, got 0; pass a positive number of starts"),
+    ({"seed": -1}, "`seed` must be in 0 .. 2**63 - 1, got -1; pass e.g. `seed` 0"),
+    ({"weight_prior": float("nan")}, "`weight_prior` must be a finite number, got nan; pass a finite `weight_prior`"),
+    ({"chains": 1}, "`chains` must be an integer in 2..64, got 1; pass e.g. `chains` 4"),
+    ({"mode": "best"}, "unknown mode 'best'; use `mode` posterior or a19 or joint or cxb"),
+    ({"galaxies": "x"}, "unknown galaxy model 'x'; use `galaxies` a19 or sfr or none"),
+    ({"xlf": "b15"}, "unknown starting XLF 'b15'; use `xlf` u14 or a15"),
+    ({"mode": "joint", "counts": (), "use_ct": False},
+     "`mode` joint needs at least one counts or CT constraint; drop `counts` none / `use_ct=False`, or use `mode` cxb"),
+])
+def test_validate_names_the_setting(changes, text):
+    with pytest.raises(PopsynthError) as exc:
+        RunConfig(**changes).validate()
+    assert str(exc.value) == text
+
+
+def test_parser_is_made_from_the_config_and_the_registries(capsys):
+    """Every flag sets a RunConfig field (FLAGS derived from the options); the allowed names in
+    --help come from the registries; a name not allowed is the library's one-line error."""
+    import dataclasses
+
+    from popsynth.cli import FLAGS, build_parser
+    from popsynth.config import RunConfig as Config
+    from popsynth.config import choices
+    from popsynth.spectra.sets import SPECTRAL_SETS
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert {fld for _, fld in FLAGS.values()} <= fields and len(FLAGS) == 29
+    assert FLAGS["no_ct"] == ("--no-ct", "use_ct") and FLAGS["spec_set"] == ("--spec-set", "spec_set")
+    assert choices("spec_set") == tuple(sorted(SPECTRAL_SETS)) and choices("optimizer") == ("lm", "adam", "gd")
+    text = build_parser().format_help()
+    for shown in ("{1,2,3,4,5}", "{lm,adam,gd}", "{chi2,a19}", "{posterior,a19,joint,cxb}", "{u14,a15}"):
+        assert shown in text, shown
+    with pytest.raises(PopsynthError, match="unknown loss 'l1'; use `loss` chi2 or a19"):
+        build_parser().parse_args(["--loss", "l1"])
+    args = build_parser().parse_args(["--spec-set", "3", "--starts", "7", "--lr", "0.5"])
+    assert (args.spec_set, args.starts, args.lr) == ("3", 7, 0.5)
+    rc, err, _ = _cli(["--absorption", "x"], capsys)
+    _one_error(rc, err, "unknown absorption function 'x'; use --absorption a19 or u14")
+
+
+def test_run_config_resolves_its_spectral_set():
+    from popsynth.spectra.sets import SPECTRAL_SETS
+
+    assert RunConfig(spec_set=3).spectral_set is SPECTRAL_SETS[3]
+    with pytest.raises(PopsynthError, match="unknown spectral set '9'"):
+        RunConfig(spec_set=9).spectral_set
