@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor, interp_loglog
+from ._tensor import as_tensor, interp_loglog
 from .blocks import BLOCKS
 from .cosmology import CosmologyParams
 from .errors import PopsynthError

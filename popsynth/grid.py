@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor
+from ._tensor import as_tensor
 from .blocks import BLOCKS
 from .errors import PopsynthError
 

@@ -59,7 +59,9 @@ import torch
 from ._tensor import DTYPE, as_tensor
 from .cosmology import CosmologyParams, distance_tables
 from .errors import PopsynthError
-from .grid import LOGL_BLOCK_EDGES, N_BLOCKS, NH_CLASS_EDGES, Grid
+from .grid import N_BLOCKS, Grid
+from .response import (block_counts_response, counts_response, dndz_response, interp_edges, reverse_cumulative,
+                       selected_counts)
 from .spectra.model import SpectralTable
 from .spectra.primary import KEV_ERG
 from .survey import Survey, _check_band, counts_flux_bins, survey_for_counts, survey_for_ct
@@ -224,27 +226,9 @@ def _check_fluxes(fluxes, what="fluxes") -> np.ndarray:
     return s
 
 
-def _reverse_cumulative(phi: torch.Tensor, dl: torch.Tensor) -> torch.Tensor:
-    """C[..., z, n, j] = sum_{l >= j} phi[..., z, l, n] dl[l] at the L edges j = 0..nL: [..., nz, nN, nL+1]."""
-    p = (phi * dl[:, None]).transpose(-1, -2)  # [..., nz, nN, nL]
-    c = torch.flip(torch.cumsum(torch.flip(p, (-1,)), -1), (-1,))
-    return torch.cat([c, torch.zeros_like(c[..., :1])], -1)
-
-
-def _interp_edges(c: torch.Tensor, edges: torch.Tensor, t: torch.Tensor):
-    """Linear interpolant of c (values at ``edges``) at t, and its slope (0 outside the edges).
-
-    c [B, M, nL+1]; edges [nL+1]; t [M, S]. Returns (value, slope), each [B, M, S].
-    """
-    idx = torch.searchsorted(edges, t.contiguous(), right=True).clamp(1, edges.numel() - 1)
-    i0 = idx - 1
-    width = edges[idx] - edges[i0]
-    s = ((t - edges[i0]) / width).clamp(0.0, 1.0)
-    shape = (c.shape[0],) + tuple(t.shape)
-    c0 = torch.gather(c, -1, i0.expand(shape))
-    c1 = torch.gather(c, -1, idx.expand(shape))
-    inside = (t > edges[0]) & (t < edges[-1])
-    return c0 + s * (c1 - c0), torch.where(inside, (c1 - c0) / width, torch.zeros_like(c0))
+# the N(>S) interpolation helpers live in the response layer (names kept for their importers)
+_reverse_cumulative = reverse_cumulative
+_interp_edges = interp_edges
 
 
 def _selection_antiderivative(survey: Survey, u: torch.Tensor) -> torch.Tensor:
@@ -450,71 +434,21 @@ class SurveyModel:
     def dndz_cube(self, phi: torch.Tensor) -> torch.Tensor:
         """dN/dz of the selected sample for cubes phi [B, nz_grid, nL, nN] -> [B, nz] at the model's z
         nodes (deg^-2 per unit z)."""
-        phi = self.on_model_z(phi)
         mask = (self.z_weights > 0).to(DTYPE)
-        return torch.einsum("bzln,zln,l,n,z->bz", phi, self.selection, self.dlogl, self.dlognh, self.dvol * mask)
+        return dndz_response(self.on_model_z(phi), self.selection, self.dlogl, self.dlognh, self.dvol, mask)
 
     def ct_fraction_cube(self, phi: torch.Tensor) -> torch.Tensor:
         """Observed CT fraction for cubes phi [B, nz_grid, nL, nN] -> [B]."""
         self._require_sample()
         phi = self.on_model_z(phi)
-        per_n = torch.einsum("bzln,zln,l,z->bn", phi, self.selection, self.dlogl, self.vol) * self.dlognh
-        return (per_n * self.nh_share).sum(-1) / per_n.sum(-1)
+        args = (self.selection, self.dlogl, self.dlognh, self.vol)
+        return selected_counts(phi, *args, share=self.nh_share) / selected_counts(phi, *args)
 
 
 def _cumulative_from_cube(phi: torch.Tensor, m: SurveyModel):
-    """(N(>S), dN/dS) at m.fluxes for phi [B, nz, nL, nN]: each [B, nS]."""
-    b, nz, _, nn = phi.shape
-    c = _reverse_cumulative(phi, m.dlogl).reshape(b, nz * nn, -1)
-    logs = torch.log10(m.fluxes)
-    cum = torch.zeros(b, m.fluxes.numel(), dtype=DTYPE, device=phi.device)
-    dif = torch.zeros_like(cum)
-    wzn = (m.vol[:, None] * m.dlognh[None, :]).reshape(-1)  # [nz*nN]
-    for d in range(m.log_k.shape[0]):
-        t = logs[None, :] - m.log_k[d].reshape(-1, 1)  # [nz*nN, nS]
-        val, slope = _interp_edges(c, m.logl_edges, t)
-        cum += torch.einsum("bms,m->bs", val, wzn)
-        dif -= torch.einsum("bms,m->bs", slope, wzn)
-    dk = m.log_k.shape[0]
-    return cum / dk, dif / (dk * m.fluxes * _LN10)
-
-
-def _block_cumulative(phi0: torch.Tensor, log_k: torch.Tensor, grid: Grid, fluxes: torch.Tensor,
-                      vol: torch.Tensor, dl: torch.Tensor, dn: torch.Tensor, edges: torch.Tensor):
-    """Block responses of N(>S) and dN/dS: each [15, nS].
-
-    Block k = 5 c + j holds the log L range [a_j, b_j] and N_H class c. Its part of C(t) is
-    C(clamp(t, a_j, b_j)) - C(b_j), with C the reverse cumulative integral of phi0 over all
-    log L; its slope is C'(t) for a_j < t < b_j.
-    """
-    dev = phi0.device
-    nz, _, nn = phi0.shape
-    c = _reverse_cumulative(phi0[None], dl).reshape(1, nz * nn, -1)
-    cls = np.clip(np.searchsorted(np.asarray(NH_CLASS_EDGES), grid.lognh, side="right") - 1, 0, len(NH_CLASS_EDGES) - 2)
-    onehot = torch.zeros(nn, len(NH_CLASS_EDGES) - 1, dtype=DTYPE, device=dev)
-    onehot[torch.arange(nn), torch.as_tensor(cls)] = 1.0
-    wzn = (vol[:, None, None] * (dn[:, None] * onehot)[None]).reshape(nz * nn, -1)  # [nz*nN, 3]
-    bounds = list(LOGL_BLOCK_EDGES)
-    bounds[0], bounds[-1] = float(edges[0]), float(edges[-1])
-    logs = torch.log10(fluxes)
-    n_l = len(bounds) - 1
-    cum = torch.zeros(onehot.shape[1], n_l, fluxes.numel(), dtype=DTYPE, device=dev)
-    dif = torch.zeros_like(cum)
-    at = lambda x: _interp_edges(c, edges, torch.full((nz * nn, 1), x, dtype=DTYPE, device=dev))[0][0]  # noqa: E731
-    c_edge = [at(x) for x in bounds]  # C at the block boundaries, each [nz*nN, 1]
-    for d in range(log_k.shape[0]):
-        t = logs[None, :] - log_k[d].reshape(-1, 1)  # [nz*nN, nS]
-        val, slope = _interp_edges(c, edges, t)
-        val, slope = val[0], slope[0]
-        for j in range(n_l):
-            a, b = bounds[j], bounds[j + 1]
-            # C(clamp(t, a, b)) - C(b): the part of the cells of [a, b] above t
-            part = torch.where(t <= a, c_edge[j], torch.where(t >= b, c_edge[j + 1], val)) - c_edge[j + 1]
-            inside = ((t > a) & (t < b)).to(DTYPE)
-            cum[:, j] += torch.einsum("ms,mc->cs", part, wzn)
-            dif[:, j] -= torch.einsum("ms,mc->cs", slope * inside, wzn)
-    dk = log_k.shape[0]
-    return (cum / dk).reshape(-1, fluxes.numel()), (dif / (dk * fluxes * _LN10)).reshape(-1, fluxes.numel())
+    """(N(>S), dN/dS) at m.fluxes for phi [B, nz, nL, nN]: each [B, nS] (:func:`popsynth.response.counts_response`)."""
+    cum, dif = counts_response(phi, m.log_k, m.fluxes, m.vol, m.dlogl, m.dlognh, m.logl_edges)
+    return cum[:, 0, 0], dif[:, 0, 0]
 
 
 def _selection_share(survey: Survey, log_k: torch.Tensor, edges: torch.Tensor, dl: torch.Tensor,
@@ -593,7 +527,7 @@ def build_survey_model(survey: Survey, grid: Grid, phi0: torch.Tensor, table: Sp
     edges, dl, dn = as_tensor(grid.logl_edges, dev), as_tensor(grid.dlogl, dev), as_tensor(grid.dlognh, dev)
 
     all_s = np.concatenate([s, lo, hi])
-    cum, dif = _block_cumulative(phi0, log_k, grid, as_tensor(all_s, dev), vol, dl, dn, edges)
+    cum, dif = block_counts_response(phi0, log_k, as_tensor(all_s, dev), vol, dl, dn, edges, grid.lognh)
     ns, nb = s.size, lo.size
     bin_resp = (cum[:, ns:ns + nb] - cum[:, ns + nb:]) / as_tensor(hi - lo, dev)
 
@@ -625,12 +559,12 @@ def _sample_responses(survey, grid, phi0_grid, z_interp, log_k, edges, dl, dn, d
     phi0 = torch.einsum("fz,zln->fln", z_interp, phi0_grid)  # the XLF at the model's z nodes
     masks = grid.block_masks(dev)  # [15, nL, nN]
     sel = _selection_share(survey, log_k, edges, dl, z_used)
-    cell = dl[:, None] * dn[None, :]  # [nL, nN]
-    dndz = torch.einsum("zln,zln,ln,kln->kz", phi0, sel, cell, masks) * (dvol * z_used)
+    # the sample kernels of the response layer applied to the 15 block cubes
+    dndz = dndz_response(phi0, sel, dl, dn, dvol, z_used, select=masks)
     sample = dndz @ wz
-    ct = torch.einsum("zln,zln,ln,n,kln,z->k", phi0, sel, cell, share, masks, vol)
-    intr = torch.einsum("zln,ln,kln,z->k", phi0, cell, masks, vol)
-    intr_ct = torch.einsum("zln,ln,n,kln,z->k", phi0, cell, share, masks, vol)
+    ct = selected_counts(phi0, sel, dl, dn, vol, share=share, select=masks)
+    intr = selected_counts(phi0, None, dl, dn, vol, select=masks)
+    intr_ct = selected_counts(phi0, None, dl, dn, vol, share=share, select=masks)
     return {"selection": sel, "dndz_response": dndz, "sample_response": sample, "ct_response": ct,
             "intrinsic_response": intr, "intrinsic_ct_response": intr_ct}
 

@@ -26,7 +26,7 @@ from .cosmology import CosmologyParams, distance_tables
 from .errors import PopsynthError
 
 __all__ = ["luminosity_weighted_cube", "cxb_response", "block_cxb_response", "reverse_cumulative", "interp_edges",
-           "counts_response", "dndz_response", "selected_ct_response", "intrinsic_block_counts",
+           "counts_response", "block_counts_response", "dndz_response", "selected_counts", "intrinsic_block_counts",
            "intrinsic_ct_fraction"]
 
 _LN10 = math.log(10.0)
@@ -172,29 +172,29 @@ def dndz_response(phi: torch.Tensor, selection: torch.Tensor, dl: torch.Tensor, 
     return torch.einsum("zln,zln,ln,kln->kz", phi, selection, cell, select) * (dvol * z_used)
 
 
-def selected_ct_response(phi: torch.Tensor, selection: torch.Tensor | None, dl: torch.Tensor, dn: torch.Tensor,
-                         share: torch.Tensor, vol: torch.Tensor, select: torch.Tensor | None = None):
-    """Sources per deg^2 above the N_H threshold, sum_z w_z dV/dz sum_{l,n} phi sel share dlogL dlogN_H.
+def selected_counts(phi: torch.Tensor, selection: torch.Tensor | None, dl: torch.Tensor, dn: torch.Tensor,
+                    vol: torch.Tensor, share: torch.Tensor | None = None,
+                    select: torch.Tensor | None = None) -> torch.Tensor:
+    """Sources per deg^2 of a sample: sum_z vol_z sum_{l,n} phi sel [share] dlogL dlogN_H.
 
-    ``selection`` None: no flux selection (the intrinsic count). share [nN]: each N_H cell's share
-    above the threshold; vol [nz]: w_z dV/dz/dOmega. Without ``select``: phi [B, nz, nL, nN] ->
-    (above threshold, all) each [B]; with ``select`` [K, nL, nN]: one cube -> [K] above threshold.
+    phi [B, nz, nL, nN] (Mpc^-3 dex^-2), or one cube [nz, nL, nN] with ``select`` [K, nL, nN];
+    selection [nz, nL, nN]: selected share of each cell (None: no flux selection, the intrinsic
+    count); dl [nL], dn [nN]: cell widths (dex); vol [nz]: w_z dV/dz/dOmega (Mpc^3 deg^-2);
+    share [nN]: each N_H cell's share above the CT threshold (None: all N_H).
+    Returns float64 [B] (or [K]).
     """
     if select is None:
         sel = torch.ones_like(phi[0]) if selection is None else selection
         per_n = torch.einsum("bzln,zln,l,z->bn", phi, sel, dl, vol) * dn
-        return (per_n * share).sum(-1), per_n.sum(-1)
-    cell = dl[:, None] * dn[None, :]
-    if selection is None:
-        return torch.einsum("zln,ln,n,kln,z->k", phi, cell, share, select, vol)
-    return torch.einsum("zln,zln,ln,n,kln,z->k", phi, selection, cell, share, select, vol)
-
-
-def intrinsic_block_response(phi: torch.Tensor, dl: torch.Tensor, dn: torch.Tensor, vol: torch.Tensor,
-                             select: torch.Tensor) -> torch.Tensor:
-    """All sources per deg^2 of each selected cube phi * select[k] (no flux selection), sum_z vol sum phi dlogL dlogN_H: [K]."""
-    cell = dl[:, None] * dn[None, :]
-    return torch.einsum("zln,ln,kln,z->k", phi, cell, select, vol)
+        return per_n.sum(-1) if share is None else (per_n * share).sum(-1)
+    cell = dl[:, None] * dn[None, :]  # [nL, nN]
+    ops, terms = [phi], ["zln"]
+    if selection is not None:
+        ops, terms = ops + [selection], terms + ["zln"]
+    ops, terms = ops + [cell], terms + ["ln"]
+    if share is not None:
+        ops, terms = ops + [share], terms + ["n"]
+    return torch.einsum(",".join(terms + ["kln", "z"]) + "->k", *ops, select, vol)
 
 
 # ---------------------------------------------------------------------------- intrinsic counts, CT fraction
