@@ -111,5 +111,11 @@ def test_truncated_normal_mean():
 
 
 def test_unknown_spectral_set():
-    with pytest.raises(PopsynthError, match="choose --spec-set 1, 2, 3, 4 or 5"):
+    """The library names its parameters (`spec_set`, `n_draws`); train.py shows them as flags."""
+    from popsynth.cli import flag_text
+
+    with pytest.raises(PopsynthError, match="choose `spec_set` 1, 2, 3, 4 or 5") as ei:
         get_spectral_set(6)
+    assert "choose --spec-set 1, 2, 3, 4 or 5 (A19 Table 4)" in flag_text(str(ei.value))
+    with pytest.raises(PopsynthError, match=r"need at least one spectral draw, got 0; pass `n_draws` >= 1"):
+        draw_parameters(get_spectral_set(5), 0)

@@ -144,7 +144,7 @@ def get_spectral_set(number) -> SpectralSet:
     except (TypeError, ValueError):
         n = None
     if n not in SPECTRAL_SETS:
-        raise PopsynthError(f"unknown spectral set '{number}'", "choose --spec-set 1, 2, 3, 4 or 5 (A19 Table 4)")
+        raise PopsynthError(f"unknown spectral set '{number}'", "choose `spec_set` 1, 2, 3, 4 or 5 (A19 Table 4)")
     return SPECTRAL_SETS[n]
 
 
@@ -164,7 +164,7 @@ def draw_parameters(spec: SpectralSet, n_draws: int, seed: int = 0) -> dict[str,
     row 0 unobscured (log N_H < 22), row 1 obscured.
     """
     if n_draws < 1:
-        raise PopsynthError(f"need at least one spectral draw, got {n_draws}", "pass --draws >= 1")
+        raise PopsynthError(f"need at least one spectral draw, got {n_draws}", "pass `n_draws` >= 1")
     gen = torch.Generator().manual_seed(int(seed))
     u = latin_hypercube(n_draws, len(PARAM_NAMES), gen)
     out = {}
