@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ._tensor import DTYPE
+from .constants import KEV_ERG
 from .errors import PopsynthError
 
 FIGURES = (1, 2, 3, 4, 7)
@@ -70,7 +71,6 @@ THETA_TOR_RANGE = (25.8, 84.3)  # and their opening-angle range, deg
 COMPONENT_KEYS = ("scattered", "transmitted", "reprocessed", "torus", "reflection", "total")
 E_L_E_UNITS = "erg s^-1 (E L_E, rest frame)"
 E2N_OBS_UNITS = "keV^2 photons cm^-2 s^-1 keV^-1 (E^2 N(E), observed frame)"
-_KEV_ERG = 1.602176634e-9  # erg per keV (as popsynth.spectra.primary.KEV_ERG)
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def to_e_l_e(energy, photon_spectrum, log_l: float) -> np.ndarray:
     Returns [..., nE] = 10^log_l E^2 S(E) * 1.602e-9 erg/keV.
     """
     e = np.asarray(energy, dtype=np.float64)
-    return 10.0 ** float(log_l) * e ** 2 * np.asarray(photon_spectrum) * _KEV_ERG
+    return 10.0 ** float(log_l) * e ** 2 * np.asarray(photon_spectrum) * KEV_ERG
 
 
 def band_luminosity(energy, e_l_e, e_lo: float = 2.0, e_hi: float = 10.0) -> np.ndarray:

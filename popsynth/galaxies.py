@@ -35,11 +35,12 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from astropy import units as u
 
 from ._tensor import DTYPE, as_tensor
-from .cosmology import MPC_CM, CosmologyParams
+from .constants import C_KM_S, KEV_ERG, MPC_CM
+from .cosmology import CosmologyParams
 from .errors import PopsynthError
-from .spectra.primary import KEV_ERG
 
 A19_GALAXY_NORM = 1.7  # keV^2 cm^-2 s^-1 keV^-1 sr^-1 at 1 keV (A19 section 6)
 
@@ -60,8 +61,6 @@ L16_GAMMA = 2.03        # (1+z) exponent of the M_* term, +/- 0.60
 L16_LOG_BETA0 = 39.28   # log10 erg s^-1 (Msun yr^-1)^-1 (HMXBs, per unit SFR), +/- 0.03
 L16_DELTA = 1.31        # (1+z) exponent of the SFR term, +/- 0.13
 
-C_KM_S = 299792.458             # speed of light, km/s (exact)
-JULIAN_YEAR_S = 365.25 * 86400  # s
 Z_FORM = 20.0                   # upper limit of the rho_* integral; MD14 eq. 15 is fit to z ~ 8, z > 20 adds 6e-5
 Z_MAX = 6.0                     # default upper limit of the CXB redshift integral
 
@@ -88,8 +87,8 @@ def _efunc(z: np.ndarray, cosmology: CosmologyParams) -> np.ndarray:
 
 
 def _hubble_time_yr(cosmology: CosmologyParams) -> float:
-    """1/H0 in years."""
-    return MPC_CM / 1e5 / cosmology.H0 / JULIAN_YEAR_S
+    """1/H0 in (Julian) years, by astropy (bit for bit Mpc / km / H0 / yr for H0 = 70; within 1 ulp otherwise)."""
+    return float((1.0 / cosmology.astropy().H0).to_value(u.yr))
 
 
 def _psi_np(z: np.ndarray) -> np.ndarray:

@@ -380,3 +380,14 @@ def test_cuda_paths():
     torch.testing.assert_close(s.cpu(), cs.sigma_photo([1.0, 7.2]))
     assert cs.sigma_kn(e[:3]).device.type == "cuda"
     assert cs.kn_dsigma_dmu(e[:3], mu[:3]).device.type == "cuda"
+
+
+def test_codata_2018_literals_agree_with_astropy_codata2018():
+    """m_e c^2, r_e and sigma_T stay the published CODATA 2018 values (the Green's tables were built
+    with them); astropy's CODATA 2018 set derives them to the same digits within 1e-9."""
+    from astropy import units as u
+    from astropy.constants import codata2018 as c18
+
+    assert math.isclose(cs.ME_C2_KEV, (c18.m_e * c18.c ** 2).to_value(u.keV), rel_tol=1e-11)
+    assert math.isclose(cs.R_E_CM, (c18.e.esu ** 2 / (c18.m_e * c18.c ** 2)).to_value(u.cm), rel_tol=1e-9)
+    assert math.isclose(cs.SIGMA_T_CM2, c18.sigma_T.to_value(u.cm ** 2), rel_tol=1e-15)

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from .._tensor import DTYPE
+from ..constants import AVOGADRO  # mol^-1 (exact, SI 2019)
 from ..errors import PopsynthError
 from .abundances import abundances
 from .atomic import canonical_element, k_edge
@@ -67,9 +68,6 @@ R_E_CM: float = 2.8179403262e-13
 
 SIGMA_T_CM2: float = 6.6524587321e-25
 """Thomson cross section 8 pi r_e^2 / 3 in cm^2 (CODATA 2018)."""
-
-AVOGADRO: float = 6.02214076e23
-"""Avogadro's number in mol^-1 (exact, SI 2019)."""
 
 E_MIN_KEV: float = 0.1
 """Lowest energy (keV) of the photoabsorption tables; below it PopsynthError is raised."""

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from .._tensor import DTYPE, as_tensor
+from ..constants import KEV_ERG  # erg per keV (exact, SI 2019); importers use it from here too
 
-KEV_ERG = 1.602176634e-9  # erg per keV (exact, SI 2019)
+__all__ = ["KEV_ERG", "band_energy_flux", "cutoff_powerlaw", "primary_spectrum"]
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(64)
 
 
