@@ -250,10 +250,36 @@ def test_key_hashes_the_greens_files_without_reading_them(monkeypatch):
     by_name = {c["name"]: c for c in payload["components"]}
     assert by_name["reflection"]["greens"] == "sha256:" + file_sha256(data_dir() / "greens" / "slab.h5")
     assert by_name["torus"]["greens"] == "sha256:" + file_sha256(data_dir() / "greens" / "torus.h5")
-    assert comps[2]._table is None and comps[3]._table is None  # left as they were
+    # the components received the shipped tables by name (not read) and still hold the names
+    assert comps[2].greens == greens.ShippedTable("slab") and comps[3].greens == greens.ShippedTable("torus")
     # once the components hold the loaded tables, the key is unchanged
     comps[2].table, comps[3].table
     assert len(reads) == 2 and spectral_table_key(5, EDGES, components=comps, **SMALL)[0] == key
+    assert comps[2].table.loaded_arrays() == comps[3].table.loaded_arrays() == ()  # no array read either
+
+
+def test_greens_tables_are_read_on_a_cache_miss_only(own_cache, monkeypatch):
+    """The builder reads the Green's tables the components name when the table is computed (a
+    cache miss), and not at all on a cache hit."""
+    from popsynth.mc import shipped
+    from popsynth.spectra.registry import load_tables
+
+    monkeypatch.setattr(shipped, "_LOADED", {})
+    reads = []
+    real_read = shipped.read_greens
+    monkeypatch.setattr(shipped, "read_greens", lambda *a, **k: reads.append(a[0].name) or real_read(*a, **k))
+    edges, kw = np.array([21.0, 22.0, 23.5]), dict(n_draws=2, seed=3)
+    comps = make_components("a19")
+    first = build_spectral_table(5, edges, components=comps, **kw)  # miss: computed
+    assert sorted(reads) == ["slab.h5", "torus.h5"]
+    assert comps[2].greens is shipped.load_greens("slab") and comps[3].greens is shipped.load_greens("torus")
+    assert set(comps[2].greens.loaded_arrays()) == {"G", "G_line"}  # what the spectra use
+    again = make_components("a19")
+    second = build_spectral_table(5, edges, components=again, **kw)  # hit: nothing read
+    assert len(reads) == 2 and again[2].greens == shipped.ShippedTable("slab")
+    _same_table(first, second)
+    # reading the tables by hand gives the same table (and key)
+    _same_table(first, build_spectral_table(5, edges, components=load_tables(make_components("a19")), **kw))
 
 
 def test_greens_file_contents_change_the_key(tmp_path, monkeypatch):

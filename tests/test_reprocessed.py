@@ -243,6 +243,27 @@ def test_make_components_names_and_errors():
     assert isinstance(make_components("a19")[0], Scattered)
 
 
+def test_components_receive_their_greens_tables():
+    """A component holds the table it is given, or the shipped one's name until it is read
+    (load_tables or the first spectrum); a table of the wrong kind is refused at once."""
+    from popsynth.mc.shipped import ShippedTable
+    from popsynth.spectra.registry import load_tables
+
+    slab = load_greens("slab")
+    assert Reflection(table=slab).greens is slab
+    refl, torus = Reflection(), TorusReprocessed()
+    assert refl.greens == ShippedTable("slab") and torus.greens == ShippedTable("torus")
+    assert refl.describe()["greens"] == "shipped:slab.h5"
+    assert load_tables([Scattered(), refl, torus])[1].greens is slab and torus.greens is load_greens("torus")
+    assert refl.describe()["greens"] == slab.version_key
+    for make, other in ((Reflection, "torus"), (TorusReprocessed, "slab")):
+        for wrong in (ShippedTable(other), load_greens(other)):
+            with pytest.raises(PopsynthError, match=f"needs a {'slab' if other == 'torus' else 'torus'} table, got '{other}'"):
+                make(table=wrong)
+    with pytest.raises(PopsynthError, match="unknown Green's function kind 'disk'"):
+        ShippedTable("disk")
+
+
 # ------------------------------------------------------------------------------------------
 # an external XSPEC torus table in place of the built-in torus
 # ------------------------------------------------------------------------------------------
@@ -289,3 +310,13 @@ def test_external_torus_table_replaces_the_builtin_torus(tmp_path):
     torch.testing.assert_close(ext[:, out], builtin[:, out])
     names = [c.name for c in make_components("a19", torus_table=str(path))]
     assert names == ["scattered", "reflection", "torus"]
+    # the built-in fill receives its torus table too (default: the shipped one, by name)
+    from popsynth.mc.shipped import ShippedTable
+
+    assert comp._builtin[1].greens is load_greens("torus")  # read by the first spectrum
+    assert ExternalTorus(str(path))._builtin[1].greens == ShippedTable("torus")
+    given = ExternalTorus(str(path), fill_table=load_greens("torus"))
+    with pytest.warns(UserWarning, match="tabulated"):
+        filled = given.spectrum(E, prim, p, nh)[0]
+    assert torch.equal(filled[:, out], ext[:, out])
+    assert ExternalTorus(str(path), fill="zero")._builtin is None

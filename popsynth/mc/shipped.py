@@ -1,12 +1,13 @@
-"""The shipped Green's function tables (data/greens/): read once per process, checked once per
-file (:func:`load_greens`, :func:`check_shipped_tables`)."""
+"""The shipped Green's function tables (data/greens/): named without reading them
+(:class:`ShippedTable`), read once per process and checked once per file (:func:`load_greens`,
+:func:`check_shipped_tables`)."""
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-
 
 from ..errors import PopsynthError
 from ..io.greens import read_greens
@@ -14,9 +15,36 @@ from ..paths import data_dir
 from .currency import _TODAY, StaleTableWarning, TableCheck, check_table
 from .table import GreensTable
 
+
 def default_table_path(kind: str) -> Path:
     """Path of the shipped table of ``kind`` ("torus" or "slab"): data/greens/<kind>.h5."""
     return data_dir() / "greens" / f"{kind}.h5"
+
+
+@dataclass(frozen=True)
+class ShippedTable:
+    """The shipped Green's table of ``kind`` ("torus" or "slab"), named but not read.
+
+    Spectral components take it in place of a :class:`GreensTable` (the default of
+    :class:`~popsynth.spectra.reprocessed.Reflection` and
+    :class:`~popsynth.spectra.reprocessed.TorusReprocessed`): a cache key names the table by the
+    sha256 of its file (:attr:`path`) without opening it, and :meth:`load` reads it when a
+    spectrum must actually be computed (the spectral-table builder does so on a cache miss)."""
+
+    kind: str
+
+    def __post_init__(self):
+        if self.kind not in ("torus", "slab"):
+            raise PopsynthError(f"unknown Green's function kind '{self.kind}'", "use 'torus' or 'slab'")
+
+    @property
+    def path(self) -> Path:
+        """data/greens/<kind>.h5 (under ``POPSYNTH_DATA`` when set), looked up when asked."""
+        return default_table_path(self.kind)
+
+    def load(self) -> GreensTable:
+        """The table, read by :func:`load_greens` (once per process, lazily, checked)."""
+        return load_greens(self.kind)
 
 
 _LOADED: dict = {}

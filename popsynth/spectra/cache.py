@@ -1,7 +1,8 @@
 """The on-disk cache of spectral tables: cache keys and cache files around the table builder.
 
 :func:`build_spectral_table` is :func:`~popsynth.spectra.table.compute_spectral_table` with a
-cache (:func:`popsynth.io.cache.cached` around the builder): the key
+cache (:func:`popsynth.io.cache.cached` around the builder; the components' input tables are
+read only on a cache miss, :func:`~popsynth.spectra.registry.load_tables`): the key
 (:func:`spectral_table_key`, built by :func:`popsynth.io.cache.cache_key`) hashes everything the
 table depends on, input tables by the sha256 of their contents; cache files hold tensors and a
 JSON header, read with ``torch.load(weights_only=True)`` and checked before use.
@@ -25,7 +26,7 @@ from ..io.cache import arrays_sha256, cache_file, cache_key, cached, file_sha256
 from ..mc import shipped
 from .component import Component
 from .external_torus import ExternalTorus
-from .registry import default_components
+from .registry import default_components, load_tables
 from .reprocessed import Reflection, TorusReprocessed
 from .sets import PARAM_NAMES, SpectralSet, get_spectral_set
 from .table import TABLE_FORMAT, SpectralTable, compute_spectral_table, default_energy_grid
@@ -37,10 +38,10 @@ from .table import TABLE_FORMAT, SpectralTable, compute_spectral_table, default_
 def _greens_sha256(kind: str, table) -> str:
     """sha256 naming the Green's table ("slab" or "torus") a component uses, by content.
 
-    ``table`` None (the shipped table, not loaded yet) or the table ``load_greens`` read from a
-    file unchanged since: the file's sha256 (its datasets are not read). Any other table: the
-    sha256 of its arrays."""
-    if table is None:
+    ``table`` a :class:`~popsynth.mc.shipped.ShippedTable` (or None: the shipped table, not
+    read) or the table ``load_greens`` read from a file unchanged since: the file's sha256 (its
+    datasets are not read). Any other table: the sha256 of its arrays."""
+    if table is None or isinstance(table, shipped.ShippedTable):
         path = shipped.default_table_path(kind)
         # a missing file gets a placeholder here; loading it then fails with read_greens's message
         return file_sha256(path) if path.is_file() else f"missing:{path}"
@@ -60,27 +61,12 @@ def _greens_sha256(kind: str, table) -> str:
     return "arrays:" + arrays_sha256(*(getattr(table, k) for k in names))
 
 
-class _TableStandIn:
-    """Takes a Green's table's place while a component describes itself for the cache key: the
-    description then names the table by its sha256, and a shipped table is not read (the torus
-    file is 21 MB of compressed datasets)."""
-
-    def __init__(self, kind: str, digest: str):
-        self.kind = kind
-        self.version_key = f"sha256:{digest}"
-
-
 def _describe_for_key(c: Component) -> dict:
-    """``c.describe()`` with every input table named by the sha256 of its contents."""
-    if isinstance(c, (Reflection, TorusReprocessed)):
-        kind = "slab" if isinstance(c, Reflection) else "torus"
-        held = c._table
-        c._table = _TableStandIn(held.kind if held is not None else kind, _greens_sha256(kind, held))
-        try:
-            return c.describe()
-        finally:
-            c._table = held
+    """``c.describe()`` with every input table named by the sha256 of its contents (a shipped
+    Green's table by its file: not read, the torus file is 21 MB of compressed datasets)."""
     d = c.describe()
+    if isinstance(c, (Reflection, TorusReprocessed)):
+        d["greens"] = "sha256:" + _greens_sha256("slab" if isinstance(c, Reflection) else "torus", c.greens)
     if isinstance(c, ExternalTorus):
         t = c.table
         if t.path is not None and Path(t.path).is_file():
@@ -90,8 +76,7 @@ def _describe_for_key(c: Component) -> dict:
                 t.energy_lo, t.energy_hi, t.spectra, *t.param_grids,
                 *([t.add_spectra] if t.add_spectra is not None else []))
         if c.fill == "builtin":  # the built-in torus fills energies beyond the table's
-            builtin = c._builtin[1]._table if c._builtin is not None else None
-            d["fill_greens_sha256"] = _greens_sha256("torus", builtin)
+            d["fill_greens_sha256"] = _greens_sha256("torus", c._builtin[1].greens)
     return d
 
 
@@ -103,7 +88,9 @@ def spectral_table_key(spec: SpectralSet | int, lognh_edges, energy=None, n_draw
     draws, seed and sub-nodes, each component's description with every input table named by
     the sha256 of its contents (the shipped Green's tables ``data/greens/*.h5``, an external
     XSPEC torus table), the package, table-format and xraydb versions. The shipped tables are
-    hashed as files (once per process), never read. Returns (key: 32 hex characters, payload).
+    hashed as files (once per process), never read: components name them
+    (:class:`~popsynth.mc.shipped.ShippedTable`) until a table is computed. Returns (key: 32 hex
+    characters, payload).
     """
     spec = spec if isinstance(spec, SpectralSet) else get_spectral_set(spec)
     energy = default_energy_grid("cpu") if energy is None else as_tensor(energy, "cpu")
@@ -217,7 +204,11 @@ def build_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_dr
     comps = components if components is not None else default_components()
     key, payload = spectral_table_key(spec, edges, energy, n_draws, seed, n_sub, comps)
     meta = json.loads(json.dumps({**payload, "key": key, "spec_set": spec.number}))  # as a cache file holds it
-    table = cached(lambda: compute_spectral_table(spec, edges, energy, n_draws, seed, n_sub, comps, meta), key,
+
+    def compute() -> SpectralTable:  # a cache miss: read the input tables the components name, then build
+        return compute_spectral_table(spec, edges, energy, n_draws, seed, n_sub, load_tables(comps), meta)
+
+    table = cached(compute, key,
                    path=cache_file("spectra", f"set{spec.number}-{key}.pt") if cache else None,
                    load=lambda path, k: _cached_table(path, k, energy, edges, [c.name for c in comps], n_draws),
                    save=_write_table, what="spectral cache file")

@@ -4,7 +4,7 @@ A component maps the primary continuum of each draw to an emitted spectrum at a 
 line-of-sight columns. All components are linear in the primary, so any primary can be
 reprocessed by the same code (and, for Monte Carlo components, by a matrix product).
 
-  - :class:`Component`: the base class (``spectrum``, ``describe``);
+  - :class:`Component`: the base class (``spectrum``, ``describe``, ``load_tables``);
   - :class:`Transmitted`: the primary seen through the line-of-sight column: photoelectric
     absorption with real cross sections (xraydb elemental cross sections, Anders & Grevesse
     1989 abundances) times Compton (Klein-Nishina) attenuation, exp(-N_H [sigma_ph + 1.21 sigma_KN]).
@@ -40,6 +40,12 @@ class Component:
 
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__name__}
+
+    def load_tables(self) -> None:
+        """Read the input tables this component was given by name (a
+        :class:`~popsynth.mc.shipped.ShippedTable`, say) and hold them from now on; nothing to do
+        for analytic components. The spectral-table builder calls it when a table must be
+        computed (:func:`popsynth.spectra.registry.load_tables`), not for a cache key or hit."""
 
 
 class Transmitted(Component):

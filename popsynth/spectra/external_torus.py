@@ -17,6 +17,8 @@ import torch
 
 from ..errors import PopsynthError
 from ..io.ogip import read_table_model
+from ..mc.shipped import ShippedTable
+from ..mc.table import GreensTable
 from .component import Component, Transmitted
 from .primary import band_energy_flux
 from .reprocessed import TorusReprocessed, a19_torus_inclination
@@ -84,8 +86,10 @@ class ExternalTorus(Component):
       and torus reprocessing are used (``fill="builtin"``, with a warning), never silent zeros;
       ``fill="zero"`` follows XSPEC (no photons there, with a warning).
 
-    ``table``: a :class:`~popsynth.spectra.xspec_table.TableModel` or the path of its FITS file
-    (read with :func:`popsynth.io.ogip.read_table_model`).
+    ``table``: a :class:`~popsynth.spectra.xspec_table.TableModel` (or the path of its FITS file,
+    read here with :func:`popsynth.io.ogip.read_table_model`). ``fill_table``: the torus Green's
+    table of the built-in fill (a :class:`~popsynth.mc.table.GreensTable` or
+    :class:`~popsynth.mc.shipped.ShippedTable`; default the shipped torus, read when first needed).
     """
 
     name = "torus"
@@ -101,6 +105,7 @@ class ExternalTorus(Component):
         inclination: Callable | None = None,
         cutoff: str = "highecut",
         fill: str = "builtin",
+        fill_table: GreensTable | ShippedTable | None = None,
     ):
         if cutoff not in ("highecut", "table"):
             raise PopsynthError(f"unknown cutoff treatment '{cutoff}' for an external torus",
@@ -110,7 +115,8 @@ class ExternalTorus(Component):
         self.inclination = inclination or a19_torus_inclination
         self.cutoff = cutoff
         self.fill = fill
-        self._builtin = None
+        # the built-in transmitted beam and torus beyond the table's energies (fill="builtin")
+        self._builtin = (Transmitted(), TorusReprocessed(table=fill_table)) if fill == "builtin" else None
         self.table = table if isinstance(table, TableModel) else read_table_model(table)
         if self.table.kind != "add":
             raise PopsynthError(
@@ -221,11 +227,13 @@ class ExternalTorus(Component):
         e0, e1 = (float(x) for x in self.table.energy_edges[[0, -1]])
         outside = (edges[:-1] < e0) | (edges[1:] > e1)
         if self.fill == "builtin" and bool(outside.any()):
-            if self._builtin is None:
-                self._builtin = (Transmitted(), TorusReprocessed())
             fillv = sum(c.spectrum(energy, primary, params, log_nh) for c in self._builtin)
             out = torch.where(outside[None, None, :], fillv, out)
         return out
+
+    def load_tables(self) -> None:
+        if self._builtin is not None:
+            self._builtin[1].load_tables()
 
     def describe(self):
         return {**super().describe(), "table": self.describe_links(), "cutoff": self.cutoff, "fill": self.fill,

@@ -1,7 +1,10 @@
 """The named spectral models: one registry mapping each name to its components.
 
-``SPECTRAL_MODELS`` lists the names (``--spectral-model``); :func:`make_components` builds a
-model's components, optionally with an external XSPEC torus table in place of the built-in torus.
+``SPECTRAL_MODELS`` lists the names (the ``spectral_model`` setting); :func:`make_components`
+builds a model's components, optionally with an external XSPEC torus table in place of the
+built-in torus. Components are built without reading the Green's tables: they hold
+:class:`~popsynth.mc.shipped.ShippedTable` names, which cache keys hash as files;
+:func:`load_tables` reads them when a spectral table must be computed (a cache miss).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ..errors import PopsynthError
+from ..io.ogip import read_table_model
 from .component import Component, Scattered, Transmitted
 from .external_torus import ExternalTorus
 from .reprocessed import Reflection, TorusReprocessed
@@ -48,7 +52,11 @@ def make_components(model: str = "a19", torus_table: "str | Path | TableModel | 
                     ) -> list[Component]:
     """The components of a named spectral model.
 
-    ``torus_table``: path of an XSPEC torus atable (or a
+    The Reflection and TorusReprocessed components name the shipped Green's tables
+    (:class:`~popsynth.mc.shipped.ShippedTable`) without reading them; :func:`load_tables` (or
+    their first spectrum) reads them.
+
+    ``torus_table``: path of an XSPEC torus atable, read here (or a
     :class:`~popsynth.spectra.xspec_table.TableModel`, or an
     :class:`~popsynth.spectra.external_torus.ExternalTorus`) that replaces the built-in torus
     (transmitted beam and reprocessing) in the a19 models: the components are then
@@ -73,10 +81,21 @@ def make_components(model: str = "a19", torus_table: "str | Path | TableModel | 
     if entry.reflection_absorber is None:
         raise PopsynthError("an external torus table needs a model with a torus",
                             "use `spectral_model` 'a19' (or drop `torus_table`)")
-    torus = torus_table if isinstance(torus_table, ExternalTorus) else ExternalTorus(torus_table)
+    if isinstance(torus_table, ExternalTorus):
+        torus = torus_table
+    else:  # the FITS file is read here, at the edge; the component receives the table
+        torus = ExternalTorus(torus_table if isinstance(torus_table, TableModel) else read_table_model(torus_table))
     return [Scattered(), Reflection(absorber=entry.reflection_absorber), torus]
 
 
 def default_components() -> list[Component]:
     """Components of the default (A19) spectrum: see :func:`make_components`."""
     return make_components("a19")
+
+
+def load_tables(components: list[Component]) -> list[Component]:
+    """Read the input tables the components name (:meth:`Component.load_tables`: the shipped
+    Green's tables, lazily, once per process); returns ``components``, now holding them."""
+    for c in components:
+        c.load_tables()
+    return components

@@ -54,7 +54,7 @@ from .._tensor import DTYPE, as_tensor
 from ..errors import PopsynthError
 from ..mc.grids import FE_K_EDGE_KEV, NI_K_EDGE_KEV
 from ..mc.interpolate import interpolation_corners, response_matrix
-from ..mc.shipped import load_greens
+from ..mc.shipped import ShippedTable
 from ..mc.table import GreensTable
 from ..physics.crosssections import sigma_compton, sigma_photo
 from .component import Component
@@ -176,6 +176,25 @@ class _GreensOps:
         return self.energy.shape == energy.shape and torch.equal(self.energy, energy.detach().cpu())
 
 
+def _greens_source(table: "GreensTable | ShippedTable | None", kind: str, component: str):
+    """The Green's table a component is given (None: the shipped one, named, not read), of ``kind``."""
+    src = ShippedTable(kind) if table is None else table
+    if src.kind != kind:
+        raise PopsynthError(f"the {component} component needs a {kind} table, got '{src.kind}'",
+                            f"pass the {kind} Green's table (popsynth.mc.shipped.load_greens('{kind}'))")
+    return src
+
+
+def _load(src: "GreensTable | ShippedTable") -> GreensTable:
+    return src.load() if isinstance(src, ShippedTable) else src
+
+
+def _greens_name(src: "GreensTable | ShippedTable") -> str:
+    """How :meth:`describe` names a component's Green's table without reading it: a table's
+    version key, or ``shipped:<file name>`` (cache keys name either by its sha256 instead)."""
+    return f"shipped:{src.path.name}" if isinstance(src, ShippedTable) else src.version_key
+
+
 def _absorption_sigma(energy: torch.Tensor, absorber: str, abund: str) -> torch.Tensor:
     sig = sigma_photo(energy.cpu(), abund=abund)
     if absorber == "full":
@@ -195,7 +214,9 @@ class Reflection(Component):
         (photoelectric + Klein-Nishina attenuation by 1.21 electrons per H).
       line_sigma: numerical Gaussian width of the fluorescence lines in ln E.
       lines: include the fluorescence lines (True: pexmon; False: the continuum only, as pexrav).
-      table: a slab :class:`~popsynth.mc.greens.GreensTable` (default: the shipped one).
+      table: a slab :class:`~popsynth.mc.table.GreensTable`, or a
+        :class:`~popsynth.mc.shipped.ShippedTable` naming a shipped one (default: the shipped
+        slab, read by :meth:`load_tables` or on first use).
     Uses ``params["refl"]`` (R, [D]). Output photons s^-1 keV^-1 per erg/s, [D, M, nE].
     """
 
@@ -203,7 +224,7 @@ class Reflection(Component):
 
     def __init__(self, inclination_deg: float = A19_REFLECTION_INCLINATION, absorber: str = "wabs",
                  line_sigma: float = DEFAULT_LINE_SIGMA, abund: str = "angr", lines: bool = True,
-                 table: GreensTable | None = None):
+                 table: GreensTable | ShippedTable | None = None):
         if absorber not in ("wabs", "full"):
             raise PopsynthError(f"unknown reflection absorber '{absorber}'", "use 'wabs' (A19) or 'full'")
         if not 0.0 <= inclination_deg < 90.0:
@@ -214,19 +235,19 @@ class Reflection(Component):
         self.line_sigma = float(line_sigma)
         self.abund = abund
         self.lines = bool(lines)
-        self._table = table
+        self.greens = _greens_source(table, "slab", "reflection")  # the table, or the shipped one's name
         self._ops = None
         self._matrix = None
         self._sig = None
 
+    def load_tables(self) -> None:
+        self.greens = _load(self.greens)
+
     @property
     def table(self) -> GreensTable:
-        if self._table is None:
-            self._table = load_greens("slab")
-        if self._table.kind != "slab":
-            raise PopsynthError(f"the reflection component needs a slab table, got '{self._table.kind}'",
-                                "pass the slab Green's table (popsynth.mc.load_greens('slab'))")
-        return self._table
+        """The slab Green's table (a shipped one named at construction is read now)."""
+        self.load_tables()
+        return self.greens
 
     def matrix(self, energy: torch.Tensor) -> torch.Tensor:
         """The reflection operator for R = 1 [nE, nE]: reflected density = matrix @ primary density."""
@@ -247,9 +268,9 @@ class Reflection(Component):
         return params["refl"][:, None, None] * refl[:, None, :] * att[None]
 
     def describe(self):
-        t = self.table
         return {**super().describe(), "inclination_deg": self.inclination_deg, "absorber": self.absorber,
-                "line_sigma": self.line_sigma, "abund": self.abund, "lines": self.lines, "greens": t.version_key}
+                "line_sigma": self.line_sigma, "abund": self.abund, "lines": self.lines,
+                "greens": _greens_name(self.greens)}
 
 
 class TorusReprocessed(Component):
@@ -264,7 +285,9 @@ class TorusReprocessed(Component):
       line_sigma: numerical Gaussian width of the fluorescence lines in ln E.
       lines: include the fluorescence lines (False: scattered continuum only).
       out_of_grid: "raise" or "clamp" for columns / opening angles beyond the table nodes.
-      table: a torus :class:`~popsynth.mc.greens.GreensTable` (default: the shipped one).
+      table: a torus :class:`~popsynth.mc.table.GreensTable`, or a
+        :class:`~popsynth.mc.shipped.ShippedTable` naming a shipped one (default: the shipped
+        torus, read by :meth:`load_tables` or on first use).
     Uses ``params["theta_tor"]`` (deg), ``params["gamma"]`` and ``params["ecut"]`` ([D]).
     Output photons s^-1 keV^-1 per erg/s of the primary's L(2-10), [D, M, nE].
     """
@@ -273,7 +296,7 @@ class TorusReprocessed(Component):
 
     def __init__(self, cutoff: str = "highecut", inclination: Callable | None = None,
                  line_sigma: float = DEFAULT_LINE_SIGMA, out_of_grid: str = "raise", lines: bool = True,
-                 table: GreensTable | None = None):
+                 table: GreensTable | ShippedTable | None = None):
         if cutoff not in ("highecut", "incident"):
             raise PopsynthError(f"unknown torus cutoff treatment '{cutoff}'", "use 'highecut' (A19) or 'incident'")
         self.cutoff = cutoff
@@ -281,17 +304,17 @@ class TorusReprocessed(Component):
         self.line_sigma = float(line_sigma)
         self.out_of_grid = out_of_grid
         self.lines = bool(lines)
-        self._table = table
+        self.greens = _greens_source(table, "torus", "torus")  # the table, or the shipped one's name
         self._ops = None
+
+    def load_tables(self) -> None:
+        self.greens = _load(self.greens)
 
     @property
     def table(self) -> GreensTable:
-        if self._table is None:
-            self._table = load_greens("torus")
-        if self._table.kind != "torus":
-            raise PopsynthError(f"the torus component needs a torus table, got '{self._table.kind}'",
-                                "pass the torus Green's table (popsynth.mc.load_greens('torus'))")
-        return self._table
+        """The torus Green's table (a shipped one named at construction is read now)."""
+        self.load_tables()
+        return self.greens
 
     def _input(self, energy, primary, params):
         if self.cutoff == "incident":
@@ -333,7 +356,6 @@ class TorusReprocessed(Component):
         return out
 
     def describe(self):
-        t = self.table
         inc = self.inclination
         return {**super().describe(), "cutoff": self.cutoff, "line_sigma": self.line_sigma, "lines": self.lines,
-                "inclination": getattr(inc, "__name__", repr(inc)), "greens": t.version_key}
+                "inclination": getattr(inc, "__name__", repr(inc)), "greens": _greens_name(self.greens)}

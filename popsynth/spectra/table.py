@@ -109,7 +109,9 @@ def compute_spectral_table(spec: SpectralSet | int, lognh_edges, energy=None, n_
     over ``n_sub`` Gauss-Legendre nodes in log N_H inside the cell (transmission changes by
     orders of magnitude across a 0.1-dex cell at low energies, so cell centres alone would bias
     the cell integral). lognh_edges [nN+1] (log10 cm^-2); energy [nE] keV (default
-    :func:`default_energy_grid`). ``meta``: the table's description (stored as given).
+    :func:`default_energy_grid`). ``components``: with their input tables
+    (:func:`popsynth.spectra.registry.load_tables`; one that still names a shipped Green's table
+    reads it at its first spectrum). ``meta``: the table's description (stored as given).
     Returns a float64 :class:`SpectralTable` on the CPU.
     """
     spec = spec if isinstance(spec, SpectralSet) else get_spectral_set(spec)
