@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -301,12 +303,18 @@ def test_seeded_reproducibility(medium):
     assert torch.equal(a.escaped, b.escaped) and torch.equal(a.absorbed, b.absorbed)
     assert not torch.equal(a.escaped, c.escaped)
     # the same seed on a table build gives the identical table
+    log = io.StringIO()  # with a progress bar (tqdm) on a stream: same table
     t1 = build_table("torus", medium, photons=2000, seed=9, log_nh=(23.0,), theta_tor_deg=(58.0,),
-                     e_in_edges=COARSE_IN, e_out_edges=COARSE_IN, n_inc=(2, 2), n_batches=2, max_active=2048)
+                     e_in_edges=COARSE_IN, e_out_edges=COARSE_IN, n_inc=(2, 2), n_batches=2, max_active=2048,
+                     progress=log)
     t2 = build_table("torus", medium, photons=2000, seed=9, log_nh=(23.0,), theta_tor_deg=(58.0,),
                      e_in_edges=COARSE_IN, e_out_edges=COARSE_IN, n_inc=(2, 2), n_batches=2, max_active=2048)
     assert np.array_equal(t1.G, t2.G) and np.array_equal(t1.G_line, t2.G_line)
     assert t1.version_key == t2.version_key
+    # the bar says what the old ETA lines said: configuration, label, photons, seconds, rate, elapsed, eta
+    last = log.getvalue().strip().split("\r")[-1]
+    assert re.fullmatch(r"\[torus\] 1/1 elapsed 00:\d\d, eta 00:00, log NH 23.00 theta 58.0: 2,000 photons in "
+                        r"\d+\.\d s \([\d,]+ ph/s\)", last), last
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -455,8 +463,10 @@ def test_build_cli_smoke(tmp_path, capsys):
 
     rc = main(["--kind", "slab", "--photons", "3000", "--out", str(tmp_path), "--batches", "2"])
     assert rc == 0
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
     assert "wrote" in out and "slab" in out
+    assert "[slab] 1/1 elapsed" in cap.err and "slab: 3,000 photons in" in cap.err  # the progress bar, on stderr
     t = read_greens(tmp_path / "slab.h5")
     assert t.kind == "slab" and t.G.shape[:3] == (1, 1, 10)
     assert t.medium_ref["rows"].shape == (6, 13371) and t.meta["xraydb_version"]

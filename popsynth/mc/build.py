@@ -8,7 +8,8 @@ Each configuration (log N_H, theta_tor node of the torus; the one semi-infinite 
 seed derived from ``--seed`` and the configuration index (so a rebuild is reproducible and
 configurations are independent). ``--workers N`` runs the configurations as tasks on a Dask
 LocalCluster of N single-threaded processes (``--scheduler ADDRESS``: an existing cluster, e.g.
-a dask-jobqueue one); the tables are the same as a serial build's. Progress is printed one line per configuration. Tables are
+a dask-jobqueue one); the tables are the same as a serial build's. A progress bar (tqdm, on
+stderr; ``--quiet``: none) follows the configurations. Tables are
 written atomically (temporary file, then os.replace) to ``<out>/torus.h5`` and
 ``<out>/slab.h5``. On a GPU use many more photons (e.g. ``--photons 5e7 --device cuda
 --max-active 4000000``) to shrink the Monte Carlo errors; see data/greens/README.md.
@@ -100,7 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1,
         help="torch CPU threads (default 1: robust on a shared machine; try 2+ on an idle one)",
     )
-    p.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--workers", type=int, default=0,
         help=(
@@ -175,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.add_reference:
             return _add_reference(kinds, Path(args.out), medium.to("cpu"))
         max_active = args.max_active or ((1 << 21) if dev.type == "cuda" else (1 << 16))
-        say = None if args.quiet else (lambda line: print(line, flush=True))
         if args.workers < 0:
             raise PopsynthError(f"--workers {args.workers} is negative", "pass 0 (this process) or more workers")
         client = cluster = None
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configurations run as tasks on {args.scheduler or f'a LocalCluster of {args.workers} workers'}",
                   flush=True)
         try:
-            _build(args, argv, kinds, medium, dev, max_active, say, map_fn)
+            _build(args, argv, kinds, medium, dev, max_active, not args.quiet, map_fn)
         finally:
             if client is not None:
                 client.close()
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build(args, argv, kinds, medium, dev, max_active, say, map_fn) -> None:
+def _build(args, argv, kinds, medium, dev, max_active, progress, map_fn) -> None:
     """Build and write the tables of ``kinds``, the configurations run by ``map_fn``."""
     for kind in kinds:
         photons = int(args.photons) if args.photons else DEFAULT_PHOTONS[kind]
@@ -210,7 +210,7 @@ def _build(args, argv, kinds, medium, dev, max_active, say, map_fn) -> None:
             kind, medium, photons=photons, seed=args.seed, device=dev,
             log_nh=args.log_nh if kind == "torus" else None,
             theta_tor_deg=args.theta if kind == "torus" else None,
-            n_batches=args.batches, progress=say, map_fn=map_fn, max_active=max_active,
+            n_batches=args.batches, progress=progress, map_fn=map_fn, max_active=max_active,
         )
         table.meta["command"] = "python -m popsynth.mc.build " + " ".join(
             sys.argv[1:] if argv is None else argv

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, TextIO
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .. import __version__
 from ..errors import PopsynthError
@@ -144,6 +146,20 @@ def dask_map(client) -> Callable:
     return map_fn
 
 
+def build_progress(kind: str, total: int, progress: bool | TextIO | None) -> tqdm:
+    """The progress bar of a table build (tqdm): ``update(1)`` per configuration, the last
+    configuration's label, photons, seconds and photons/s in the postfix; elapsed time and the
+    remaining time at the mean rate so far (``smoothing=0``). On stderr for ``progress=True``,
+    on ``progress`` if it is a stream; disabled for None or False. On a terminal it redraws in
+    place; on a pipe or log file it writes the status without the bar at every configuration
+    (tqdm separates the updates by carriage returns)."""
+    stream = sys.stderr if progress is True else (progress or None)
+    tty = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+    fmt = "{desc} {n}/{total} " + ("|{bar}| " if tty else "") + "elapsed {elapsed}, eta {remaining}{postfix}"
+    return tqdm(total=total, desc=f"[{kind}]", file=stream, disable=not progress, leave=True, smoothing=0,
+                mininterval=0, miniters=1, dynamic_ncols=tty, bar_format=fmt)
+
+
 def config_seed(seed: int, kind: str, index: int) -> int:
     """Independent, reproducible 63-bit seed for configuration ``index`` of a ``kind`` build."""
     h = hashlib.sha256(f"popsynth.mc:{seed}:{kind}:{index}".encode()).hexdigest()
@@ -164,7 +180,7 @@ def build_table(
     n_inc: tuple[int, int] | int | None = None,
     n_batches: int = 8,
     forced: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | TextIO | None = None,
     map_fn: Callable = map,
     **transport_kw,
 ) -> GreensTable:
@@ -174,7 +190,9 @@ def build_table(
     :func:`torus_cos_edges` with ``n_inc = (n_torus, n_open)``) or "slab" (one semi-infinite
     slab unless ``slab_column_cm2``; ``n_inc`` equal cos i bins). photons: photons per
     configuration. seed: base seed (each configuration gets :func:`config_seed`). device: where
-    the photons run. progress: callable receiving one line of text per configuration.
+    the photons run. progress: a tqdm bar (:func:`build_progress`) on stderr (True) or on the
+    given stream, updated per configuration (its label, photons, seconds and photons/s, the
+    elapsed time and the remaining time at the mean rate so far); None or False: none.
     map_fn: ``map_fn(function, jobs)`` -> the results in the order of the jobs (default the
     builtin ``map``, one configuration after the other in this process); e.g.
     :func:`dask_map` runs the configurations as tasks on a Dask cluster. Each job carries its
@@ -220,24 +238,20 @@ def build_table(
         for a in range(n_nh) for b in range(n_th)
     ]
     results = iter(map_fn(run_config_job, jobs))
-    for a in range(n_nh):
-        for b in range(n_th):
-            idx = a * n_th + b
-            res = next(results)
-            G[a, b], G_line[a, b], T[a, b] = res.G, res.G_line, res.T_mc
-            G_rel[a, b], G_line_rel[a, b], T_rel[a, b] = res.G_rel_err, res.G_line_rel_err, res.T_mc_rel_err
-            n_ph[a, b] = res.photons
-            absorbed[a, b], dropped[a, b], roul[a, b] = res.absorbed, res.dropped, res.roulette
-            wall[a, b] = res.wall_s
-            worst_balance = max(worst_balance, res.balance)
-            if progress is not None:
-                el = time.perf_counter() - t_start
-                eta = el / (idx + 1) * (total - idx - 1)
-                label = (f"log NH {nh_nodes[a]:5.2f} theta {th_nodes[b]:4.1f}" if kind == "torus" else "slab")
-                progress(
-                    f"[{kind} {idx + 1:3d}/{total}] {label}: {res.photons:,} photons in {res.wall_s:6.1f} s "
-                    f"({res.photons / max(res.wall_s, 1e-9):,.0f} ph/s), elapsed {el:6.0f} s, eta {eta:6.0f} s"
-                )
+    with build_progress(kind, total, progress) as bar:
+        for a in range(n_nh):
+            for b in range(n_th):
+                res = next(results)
+                G[a, b], G_line[a, b], T[a, b] = res.G, res.G_line, res.T_mc
+                G_rel[a, b], G_line_rel[a, b], T_rel[a, b] = res.G_rel_err, res.G_line_rel_err, res.T_mc_rel_err
+                n_ph[a, b] = res.photons
+                absorbed[a, b], dropped[a, b], roul[a, b] = res.absorbed, res.dropped, res.roulette
+                wall[a, b] = res.wall_s
+                worst_balance = max(worst_balance, res.balance)
+                label = f"log NH {nh_nodes[a]:5.2f} theta {th_nodes[b]:4.1f}" if kind == "torus" else "slab"
+                bar.set_postfix_str(f"{label}: {res.photons:,} photons in {res.wall_s:.1f} s "
+                                    f"({res.photons / max(res.wall_s, 1e-9):,.0f} ph/s)", refresh=False)
+                bar.update(1)
     build_s = time.perf_counter() - t_start
     spec = {
         "format": GREENS_FORMAT_VERSION, "transport": MC_TRANSPORT_VERSION, "kind": kind,
