@@ -9,11 +9,11 @@ called.
 Components, as A19 names them (section 2 and 5.2, ``f_scatt * cutoffpl + wabs * pexmon +
 bntorus * highecut``), and the popsynth components that make them:
 
-* ``scattered``: f_scatt times the primary (:class:`~popsynth.spectra.model.Scattered`);
+* ``scattered``: f_scatt times the primary (:class:`~popsynth.spectra.component.Scattered`);
 * ``reflection``: disk reflection with fluorescence lines, R-scaled, absorbed by the line-of-sight
   column (:class:`~popsynth.spectra.reprocessed.Reflection`, the pexmon equivalent);
 * ``torus``: A19's BNTorus curve, i.e. the transmitted beam plus the torus's scattered light and
-  lines (:class:`~popsynth.spectra.model.Transmitted` +
+  lines (:class:`~popsynth.spectra.component.Transmitted` +
   :class:`~popsynth.spectra.reprocessed.TorusReprocessed`); the two parts are also returned
   separately as ``transmitted`` and ``reprocessed``;
 * ``total``: the sum of scattered, reflection and torus.
@@ -79,7 +79,7 @@ E2N_OBS_UNITS = "keV^2 photons cm^-2 s^-1 keV^-1 (E^2 N(E), observed frame)"
 @functools.lru_cache(maxsize=4)
 def _components(line_sigma: float):
     """The four A19 components with lines of width ``line_sigma`` (cached: they cache their operators)."""
-    from .spectra.model import Scattered, Transmitted
+    from .spectra.component import Scattered, Transmitted
     from .spectra.reprocessed import Reflection, TorusReprocessed
 
     return Scattered(), Transmitted(), Reflection(line_sigma=line_sigma), TorusReprocessed(line_sigma=line_sigma)
@@ -127,13 +127,13 @@ def component_spectra(log_nh, gamma=A19_SINGLE["gamma"], refl=None, ecut=A19_SIN
       ecut: cutoff energy, keV; fscatt: scattered fraction; theta_tor: torus half-opening angle, deg;
       line_sigma: Gaussian width of the fluorescence lines in ln E (numerical; 0.01 for plots).
     Returns a dict of float64 numpy arrays: ``energy`` [nE] rest-frame keV
-    (:func:`~popsynth.spectra.model.default_energy_grid`), ``primary`` [K, nE] and the
+    (:func:`~popsynth.spectra.table.default_energy_grid`), ``primary`` [K, nE] and the
     components ``scattered``, ``transmitted``, ``reprocessed``, ``torus`` (= transmitted +
     reprocessed), ``reflection``, ``total`` [K, nE], all in photons s^-1 keV^-1 per erg/s of
     intrinsic L(2-10 keV); and the parameters ``log_nh``, ``gamma``, ``refl``, ``ecut``,
     ``fscatt``, ``theta_tor`` [K].
     """
-    from .spectra.model import default_energy_grid
+    from .spectra.table import default_energy_grid
     from .spectra.primary import primary_spectrum
 
     if refl is None:
@@ -303,14 +303,14 @@ def fig7_data(sets=(1, 2, 3, 4, 5), classes=("unabsorbed", "compton_thin", "comp
     ``seed``) of the class's distributions (log N_H < 22: unobscured, else obscured) are
     reprocessed at one representative column per class (default :data:`CLASS_LOGNH`: 21, 23,
     25; or ``log_nh`` [nC]) and averaged over the draws (as
-    :func:`~popsynth.spectra.model.spectra_per_draw` does for the total).
+    :func:`~popsynth.spectra.table.spectra_per_draw` does for the total).
     Returns a dict: ``figure`` (7), ``sets`` [nS] int, ``classes`` [nC] str, ``log_nh`` [nC],
     ``n_draws``, ``seed``, ``log_l``, ``energy`` [nE] rest-frame keV; ``scattered``,
     ``reflection``, ``torus``, ``total`` [nS, nC, nE] mean E L_E in erg/s for intrinsic
     L(2-10) = 10^log_l erg/s; ``total_p16``, ``total_p84`` [nS, nC, nE] the 16th and 84th
     percentiles of the total over the draws; ``descriptions`` [nS] str; ``units`` (str).
     """
-    from .spectra.model import OBSCURED_LOGNH, default_energy_grid
+    from .spectra.table import OBSCURED_LOGNH, default_energy_grid
     from .spectra.primary import primary_spectrum
     from .spectra.sets import draw_parameters, get_spectral_set
 

@@ -120,7 +120,7 @@ def choices() -> dict[str, tuple]:
     from .fit import LOSSES, OPTIMIZERS
     from .galaxies import GALAXY_MODELS
     from .run import MODES, STARTING_XLFS
-    from .spectra.model import SPECTRAL_MODELS
+    from .spectra.registry import SPECTRAL_MODELS
     from .spectra.sets import SPECTRAL_SETS
     from .xlf import ABSORPTION_MODELS
 

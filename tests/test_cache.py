@@ -17,10 +17,12 @@ import torch
 
 import popsynth
 from popsynth.errors import PopsynthError
+from popsynth.io.cache import file_sha256
 from popsynth.paths import cache_dir, data_dir, default_cache_dir
-from popsynth.spectra import model as sm
-from popsynth.spectra.model import (Scattered, Transmitted, build_spectral_table, file_sha256, make_components,
-                                    spectral_table_key)
+from popsynth.spectra import cache as sc
+from popsynth.spectra.cache import build_spectral_table, spectral_table_key
+from popsynth.spectra.component import Scattered, Transmitted
+from popsynth.spectra.registry import make_components
 
 REPO = Path(__file__).resolve().parent.parent
 ENERGY = torch.logspace(0.0, 2.0, 40, dtype=torch.float64)  # 1-100 keV
@@ -294,14 +296,14 @@ def test_greens_file_contents_change_the_key(tmp_path, monkeypatch):
         fh.write(b"\0")
     assert spectral_table_key(5, EDGES, components=make_components("a19"), **SMALL)[0] != key0
     # a table that exists only in memory is named by its arrays
-    from popsynth.mc.greens import read_greens
+    from popsynth.io.greens import read_greens
     from popsynth.spectra.reprocessed import Reflection
 
     t = read_greens(data_dir() / "greens" / "slab.h5")
-    d0 = sm._describe_for_key(Reflection(table=t))
+    d0 = sc._describe_for_key(Reflection(table=t))
     assert d0["greens"].startswith("sha256:arrays:") and len(d0["greens"]) == len("sha256:arrays:") + 64
     t.G[0, 0, 0, 0, 0] += 1.0
-    assert sm._describe_for_key(Reflection(table=t))["greens"] != d0["greens"]
+    assert sc._describe_for_key(Reflection(table=t))["greens"] != d0["greens"]
 
 
 def test_key_covers_every_argument():

@@ -13,7 +13,7 @@ import pytest
 
 from popsynth import figures as F
 from popsynth.errors import PopsynthError
-from popsynth.spectra.model import spectra_per_draw
+from popsynth.spectra.table import spectra_per_draw
 
 MPC_CM = 3.0856775814913673e24
 

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from popsynth.errors import PopsynthError
+from popsynth.io.greens import read_greens
 from popsynth.mc import shipped as greens  # load_greens, its per-process tables
-from popsynth.mc.greens import _ARRAYS, default_table_path, read_greens
-from popsynth.spectra import model as sm
+from popsynth.mc.shipped import default_table_path
+from popsynth.mc.table import _ARRAYS
+from popsynth.spectra import cache as sc
+from popsynth.spectra.table import default_energy_grid
 from popsynth.spectra.reprocessed import Reflection
 
 
@@ -36,7 +39,7 @@ def test_load_greens_is_lazy_and_the_check_reads_no_big_array(monkeypatch):
 
 def test_spectra_read_only_g_and_g_line():
     table = read_greens(default_table_path("slab"), lazy=True)
-    energy = sm.default_energy_grid("cpu")
+    energy = default_energy_grid("cpu")
     Reflection(table=table).matrix(energy)
     assert set(table.loaded_arrays()) == {"G", "G_line"}
     ref = Reflection(table=read_greens(default_table_path("slab"))).matrix(energy)
@@ -57,7 +60,7 @@ def test_changed_file_is_refused(tmp_path):
 
 def test_lazy_table_in_memory_is_keyed_by_its_arrays():
     path = default_table_path("slab")
-    assert sm._greens_sha256("slab", read_greens(path, lazy=True)) == sm._greens_sha256("slab", read_greens(path))
+    assert sc._greens_sha256("slab", read_greens(path, lazy=True)) == sc._greens_sha256("slab", read_greens(path))
 
 
 def test_pickled_lazy_table_still_reads():

@@ -32,30 +32,15 @@ import pytest
 import torch
 
 from popsynth.errors import PopsynthError
+from popsynth.io.greens import add_medium_reference, read_greens, write_greens
+from popsynth.mc import shipped  # load_greens, its per-process tables and check caches
+from popsynth.mc.currency import MEDIUM_RTOL, StaleTableWarning, check_nodes, check_table, is_current
 from popsynth.mc.geometry import SlabGeometry, SphereBiconeGeometry, advance_along
-import popsynth.mc.greens as greens_mod
-from popsynth.mc.greens import (
-    MEDIUM_RTOL,
-    GreensTable,
-    StaleTableWarning,
-    add_medium_reference,
-    apply_greens,
-    build_table,
-    check_nodes,
-    check_shipped_tables,
-    check_table,
-    default_table_path,
-    input_energy_edges,
-    is_current,
-    load_greens,
-    read_greens,
-    response_matrix,
-    simulate_config,
-    slab_cos_edges,
-    torus_cos_edges,
-    transmitted_fraction,
-    write_greens,
-)
+from popsynth.mc.grids import input_energy_edges, slab_cos_edges, torus_cos_edges
+from popsynth.mc.interpolate import apply_greens, response_matrix, transmitted_fraction
+from popsynth.mc.shipped import check_shipped_tables, default_table_path, load_greens
+from popsynth.mc.simulate import build_table, simulate_config
+from popsynth.mc.table import GreensTable
 from popsynth.mc.transport import (
     Medium,
     TallyGrid,
@@ -723,9 +708,9 @@ def test_currency_tolerance(build_medium):
 @pytest.fixture
 def fresh_checks():
     """Forget the load-time checks and warnings before and after (physics is monkeypatched)."""
-    greens_mod._clear_check_caches()
+    shipped._clear_check_caches()
     yield
-    greens_mod._clear_check_caches()
+    shipped._clear_check_caches()
 
 
 def _load_twice(kind):
@@ -752,12 +737,12 @@ def test_load_greens_checks_once(fresh_checks, monkeypatch):
     assert chk.nodes_compared == 966 and chk.nodes_total == 13371
     assert chk.seconds < 1.0, chk.seconds  # ~0.16 s here; generous for a busy shared machine
 
-    greens_mod._clear_check_caches()
+    shipped._clear_check_caches()
     monkeypatch.setattr(xs, "sigma_photo", lambda e, **kw: real(e, **kw) * (1.0 + 1e-15))
     _, _, chk, warned = _load_twice("slab")
     assert chk.current and warned == [], chk.message()
 
-    greens_mod._clear_check_caches()
+    shipped._clear_check_caches()
     monkeypatch.setattr(xs, "sigma_photo", lambda e, **kw: real(e, **kw) * (1.0 + 1e-6))
     t1, t2, chk, warned = _load_twice("slab")
     assert len(warned) == 1, [str(w.message) for w in warned]

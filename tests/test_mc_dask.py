@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from popsynth.mc.greens import _ARRAYS, build_table, read_greens
+from popsynth.io.greens import read_greens
+from popsynth.mc.simulate import build_table
+from popsynth.mc.table import _ARRAYS
 from popsynth.mc.transport import tabulate_medium
 
 COARSE = np.geomspace(1.0, 200.0, 13)
@@ -56,7 +58,7 @@ def test_any_execution_order_gives_the_same_table(medium, serial):
 
 def test_two_dask_workers_give_the_serial_table(medium, serial):
     pytest.importorskip("distributed")
-    from popsynth.mc.greens import dask_map
+    from popsynth.mc.simulate import dask_map
     from popsynth.sweep import _client
 
     client, cluster = _client(None, 2)

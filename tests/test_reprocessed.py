@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from popsynth.errors import PopsynthError
-from popsynth.mc.greens import apply_greens, load_greens
-from popsynth.spectra.model import (Scattered, Transmitted, build_spectral_table, default_energy_grid,
-                                    make_components)
+from popsynth.mc.interpolate import apply_greens
+from popsynth.mc.shipped import load_greens
+from popsynth.spectra.cache import build_spectral_table
+from popsynth.spectra.component import Scattered, Transmitted
 from popsynth.spectra.primary import primary_spectrum
+from popsynth.spectra.registry import make_components
 from popsynth.spectra.reprocessed import (Reflection, TorusReprocessed, a19_torus_inclination, binning_matrix,
                                           line_matrix, trapezoid_energy_weights, unbinning_matrix)
+from popsynth.spectra.table import default_energy_grid
 
 E = default_energy_grid()
 EN = E.numpy()

@@ -7,7 +7,9 @@ from scipy import integrate
 
 from popsynth.errors import PopsynthError
 from popsynth.physics.crosssections import sigma_compton, sigma_photo
-from popsynth.spectra.model import Scattered, Transmitted, build_spectral_table, default_energy_grid, spectra_per_draw
+from popsynth.spectra.cache import build_spectral_table
+from popsynth.spectra.component import Scattered, Transmitted
+from popsynth.spectra.table import default_energy_grid, spectra_per_draw
 from popsynth.spectra.primary import KEV_ERG, band_energy_flux, primary_spectrum
 from popsynth.spectra.sets import SPECTRAL_SETS, Dist, draw_parameters, get_spectral_set
 

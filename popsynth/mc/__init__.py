@@ -1,10 +1,18 @@
-"""Photon Monte Carlo for disk reflection (slab) and torus reprocessing (BNTorus geometry).
+"""Photon Monte Carlo for disk reflection (slab) and torus reprocessing (BNTorus geometry), and
+its Green's function tables.
 
-* :mod:`popsynth.mc.geometry`  - slab and sphere-with-bicone matter along rays (exact re-entry).
-* :mod:`popsynth.mc.transport` - the vectorised photon loop (torch, CPU or CUDA).
-* :mod:`popsynth.mc.greens`    - Green's function tables (names re-exported from grids, table,
-  simulate, currency, shipped, interpolate and :mod:`popsynth.io.greens`).
-* :mod:`popsynth.mc.build`     - the command that rebuilds the shipped tables
+* :mod:`popsynth.mc.geometry`    - slab and sphere-with-bicone matter along rays (exact re-entry).
+* :mod:`popsynth.mc.transport`   - the vectorised photon loop (torch, CPU or CUDA).
+* :mod:`popsynth.mc.grids`       - energy and inclination bins, default nodes of the tables.
+* :mod:`popsynth.mc.table`       - :class:`GreensTable` (normalisation and components), version keys.
+* :mod:`popsynth.mc.simulate`    - the Monte Carlo driver: one configuration, jobs, a whole table.
+* :mod:`popsynth.mc.currency`    - was a table built with today's code and physics data?
+* :mod:`popsynth.mc.shipped`     - the shipped tables: named (:class:`ShippedTable`), read and
+  checked once per process (:func:`load_greens`).
+* :mod:`popsynth.mc.interpolate` - applying a table: interpolation, response matrices, the
+  transmitted beam.
+* :mod:`popsynth.io.greens`      - the HDF5 files (read, write, lazy arrays).
+* :mod:`popsynth.mc.build`       - the command that rebuilds the shipped tables
   (``python -m popsynth.mc.build --help``).
 
 Typical use::
@@ -15,16 +23,21 @@ Typical use::
     out.continuum  # [..., n_out] photons per torus.e_out_edges bin; out.lines: [..., 4]
 """
 
-_EXPORTS = ("GreensTable", "Reprocessed", "StaleTableWarning", "check_shipped_tables", "check_table", "apply_greens",
-            "is_current", "load_greens", "read_greens", "response_matrix", "transmitted_fraction", "write_greens")
+# name -> the module defining it, read on first use (PEP 562), so that importing one submodule
+# (popsynth.mc.table from popsynth.io.greens, say) does not import the others
+_EXPORTS = {
+    "GreensTable": "table", "Reprocessed": "table", "StaleTableWarning": "currency", "check_table": "currency",
+    "is_current": "currency", "check_shipped_tables": "shipped", "load_greens": "shipped",
+    "ShippedTable": "shipped", "apply_greens": "interpolate", "response_matrix": "interpolate",
+    "transmitted_fraction": "interpolate", "read_greens": "..io.greens", "write_greens": "..io.greens",
+}
 __all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    # The names above are read from popsynth.mc.greens on first use (PEP 562), so importing a
-    # submodule (popsynth.mc.table from popsynth.io.greens, say) does not import all of them.
     if name in _EXPORTS:
-        from . import greens
+        from importlib import import_module
 
-        return getattr(greens, name)
+        mod = _EXPORTS[name]
+        return getattr(import_module(mod if mod.startswith("..") else f".{mod}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

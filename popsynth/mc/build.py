@@ -16,7 +16,7 @@ written atomically (temporary file, then os.replace) to ``<out>/torus.h5`` and
 
 Every table records the physics it was built with: the tabulated medium (dataset
 ``medium_rows``), the line data, the tabulation arguments, the xraydb version and the sha256
-of xraydb's database (see :func:`popsynth.mc.greens.check_table`). Two more modes:
+of xraydb's database (see :func:`popsynth.mc.currency.check_table`). Two more modes:
 
     python -m popsynth.mc.build --check [--kind K] [--out DIR]
 

@@ -1,6 +1,17 @@
 """Currency of a Green's function table: was it built with today's code and physics data?
 
-See :mod:`popsynth.mc.greens` (section "Currency") and :func:`check_table`.
+Each table stores the tabulated interaction physics it was built with (``medium_rows``: the
+:class:`~popsynth.mc.transport.Medium` rows, ln sigma_tot, P_C and P_line on every node of
+the medium's energy grid; the line energies, yields, K edges and jump ratios; the tabulation
+arguments) and the xraydb version and database sha256. :func:`check_table` compares these
+with today's code and data: the format and transport versions, the kind, the table's grids
+(``grids_key``) and the medium's tabulation arguments must match exactly; the tabulated
+arrays and line data must agree within the relative tolerance :data:`MEDIUM_RTOL` (1e-9), so
+floating-point noise (numpy's AVX-512 ``exp`` differs by 1 ulp on some nodes) passes while a
+real change of a cross section, yield or line energy (1e-6 and up) does not.
+:func:`~popsynth.mc.shipped.load_greens` runs a sampled version of the check once per process per file and warns
+with :class:`StaleTableWarning` (the table is still used); :func:`~popsynth.mc.shipped.check_shipped_tables` returns
+the results. Rebuild stale tables with ``python -m popsynth.mc.build --kind all``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,16 @@
 """Applying the Green's function tables: interpolation between nodes and inclination bins,
-response matrices, reprocessed spectra, and the analytic transmitted beam."""
+response matrices, reprocessed spectra, and the analytic transmitted beam.
+
+Interpolation and grid limits
+-----------------------------
+:func:`response_matrix` and :func:`apply_greens` interpolate linearly in log N_H and theta_tor
+between table nodes and linearly in cos i between the centres of the inclination bins that lie
+on the same side of the torus opening as the requested line of sight (so an observer in the
+opening never mixes with bins seen through the torus); beyond the outermost bin centre of that
+side the end bin is used (nearest). log N_H or theta_tor outside the node range raise
+:class:`~popsynth.errors.PopsynthError`, or, with ``out_of_grid="clamp"``, are clamped to the
+nearest node with a ``UserWarning``: never silently.
+"""
 
 from __future__ import annotations
 

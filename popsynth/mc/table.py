@@ -1,6 +1,38 @@
 """The Green's function table (:class:`GreensTable`), its version keys and layout constants.
 
-Normalisation and components: see :mod:`popsynth.mc.greens`.
+Normalisation convention
+------------------------
+For an observer at inclination i (angle from the slab normal / torus symmetry axis),
+
+    N_out[i, o] = sum_j G[i, o, j] * N_in[j]
+
+where N_in[j] is the photon spectrum per input bin j that the SAME observer would receive
+directly from the bare isotropic source (photons per bin, any flux unit), and N_out[i, o] is
+the reprocessed photon spectrum per output bin o in the same unit. Equivalently
+
+    G[i, o, j] = (photons escaping into inclination bin i and output bin o, per unit solid
+                  angle) x 4 pi / (photons injected in input bin j by the isotropic source),
+
+which a run estimates as W / (N_j * dmu_i): W the escaped weight in the bin, N_j the photons
+injected in input bin j, dmu_i the width of inclination bin i in cos i. (The torus source is
+isotropic over 4 pi and escapes are folded onto cos i = |d_z|, solid angle 4 pi dmu; the slab
+source sends the downward half of an isotropic source, N_j = half of the isotropic total, into
+the slab, and reflection leaves into 2 pi dmu. Both reduce to W / (N_j dmu).)
+
+Components are kept apart:
+
+* ``G``       [n_nh, n_th, n_inc, n_out, n_in]: scattered continuum, including fluorescence
+  photons that were Compton scattered after emission (the Compton shoulder);
+* ``G_line``  [n_nh, n_th, n_inc, L, n_in]: fluorescence line photons (Fe Ka, Fe Kb, Ni Ka,
+  Ni Kb) escaping unscattered, as delta functions at the line energies (photons, not per bin);
+* ``T_mc``    [n_nh, n_th, n_inc, n_in]: the Monte Carlo's own zeroth-order (never interacted)
+  beam, in the same normalisation. It is NOT part of G: the transmitted beam is applied
+  analytically (:func:`~popsynth.mc.interpolate.transmitted_fraction`: exp(-N_H sigma_tot(E)) for lines of sight through
+  the torus, 1 in the opening); T_mc is kept so tests can compare the two.
+
+For the slab (pexrav / pexmon set-up, Magdziarz & Zdziarski 1995; Nandra et al. 2007) the
+isotropic point source sits on the surface of a semi-infinite slab covering 2 pi sr, so G is the
+reflection spectrum for reflection factor R = 1: scale by R for other values.
 """
 
 from __future__ import annotations

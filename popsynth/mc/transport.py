@@ -44,7 +44,7 @@ Two estimators, both unbiased:
 
 The result of a run is a :class:`TransportResult` of float64 tallies binned by escape
 inclination, outgoing energy (or fluorescence line, or "unscattered") and input energy bin.
-:mod:`popsynth.mc.greens` turns these into normalised Green's functions.
+:mod:`popsynth.mc.simulate` turns these into normalised Green's functions (:mod:`popsynth.mc.table`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Medium:
     ``line_edges_keV`` (K edge of the line's element, keV) and ``line_jump_ratios`` (K jump
     ratio of that element), lists of length L. Provenance only: not part of
     :meth:`fingerprint`; the Green's tables store it to judge later whether they are current
-    (:func:`popsynth.mc.greens.check_table`).
+    (:func:`popsynth.mc.currency.check_table`).
     """
 
     ln_e0: float
@@ -167,7 +167,7 @@ def medium_physics(
     the layout of :attr:`Medium.rows` (ln sigma_tot per H atom in cm^2, P_C, P_l), lines the
     :class:`popsynth.physics.atomic.FluorescenceLine` list of ``elements`` (length L). Every
     column depends on its own energy only, so the rows at a subset of the grid nodes equal
-    the full tabulation there (to rounding): :func:`popsynth.mc.greens.check_table` uses this
+    the full tabulation there (to rounding): :func:`popsynth.mc.currency.check_table` uses this
     to re-evaluate today's physics at a sample of a table's nodes cheaply.
     """
     from ..physics import crosssections as xs
