@@ -51,8 +51,10 @@ import torch
 
 from ._tensor import DTYPE, as_tensor
 from .cosmology import CosmologyParams
+from .blocks import BLOCKS
 from .errors import PopsynthError
-from .grid import NH_CLASS_NAMES, Grid, nh_class_of_blocks
+from .grid import NH_CLASS_NAMES, Grid
+from .response import xlf_response
 
 __all__ = ["KBOL_MODELS", "kbol", "bhad_response", "psi_bh", "accreted_mass_density", "compute_bhad",
            "load_literature", "write_outputs", "plot_bhad", "main"]
@@ -150,8 +152,8 @@ def psi_bh(weights: torch.Tensor, response: torch.Tensor, by_class: bool = False
         raise PopsynthError(f"weights must be [B, {response.shape[0]}], got {tuple(w.shape)}", "pass one row of 15 block weights per sample")
     if not by_class:
         return w @ response
-    cls = nh_class_of_blocks().to(response.device)
-    return torch.stack([w[:, cls == c] @ response[cls == c] for c in range(len(NH_CLASS_NAMES))], 1)
+    cls = BLOCKS.nh_class().to(response.device)
+    return torch.stack([w[:, cls == c] @ response[cls == c] for c in range(BLOCKS.n_classes)], 1)
 
 
 def accreted_mass_density(z, psi, cosmology: CosmologyParams = CosmologyParams(), n_sub: int = 16):
@@ -254,8 +256,7 @@ def faint_end_xlf(run, z_values=(4.0, 5.0), logl_max: float = 44.0, max_samples:
     prob = run.problem()
     phi0 = prob.phi0[iz][:, il]  # [nzv, nL', nN]
     masks = grid.block_masks(phi0.device)[:, il]  # [15, nL', nN]
-    dn = as_tensor(grid.dlognh, phi0.device)
-    resp = torch.einsum("zln,kln,n->kzl", phi0, masks, dn)  # [15, nzv, nL']
+    resp = xlf_response(phi0, as_tensor(grid.dlognh, phi0.device), masks)  # [15, nzv, nL']
     x = torch.einsum("bk,kzl->bzl", w.to(DTYPE), resp).numpy()
     return {"z": grid.z[iz], "logl": grid.logl[il], **_percentiles(x)}
 

@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from ._tensor import DTYPE
+from .blocks import BLOCKS
 from .errors import PopsynthError
+from .response import intrinsic_block_dndz, xlf_response
 
 FIGURES = ("xlf", "nh", "ct", "counts", "cxb")
 XLF_PANEL_Z = (0.1, 0.9, 1.8, 2.7)
@@ -146,8 +148,7 @@ def xlf_class_response(phi0: torch.Tensor, grid, nh_range=(20.0, 24.0)) -> torch
         raise PopsynthError(f"log N_H range {nh_range} does not fall on the grid's cell edges", "use e.g. (20, 24)")
     sel = torch.as_tensor((grid.lognh > lo) & (grid.lognh < hi), dtype=DTYPE, device=phi0.device)
     dn = torch.as_tensor(grid.dlognh, dtype=DTYPE, device=phi0.device) * sel
-    masks = grid.block_masks(phi0.device)  # [15, nL, nN]
-    return torch.einsum("zln,n,kln->kzl", phi0, dn, masks)
+    return xlf_response(phi0, dn, grid.block_masks(phi0.device))
 
 
 def xlf_data(run, z_panels=XLF_PANEL_Z, max_samples: int | None = 200, seed: int = 0, binned=BINNED_XLFS) -> dict:
@@ -242,15 +243,10 @@ def nh_data(run, l_ranges=NH_L_RANGES, z_ranges=NH_Z_RANGES, max_samples: int | 
 def cumulative_block_counts(phi0: torch.Tensor, grid) -> torch.Tensor:
     """AGN per block (all sky, all log L of the grid) from the first z node to each node: C[nz, 15].
 
-    C[i, k] is :func:`popsynth.run.block_counts` with zmax = z_i (trapezoid over the nodes <= z_i);
+    C[i, k] is :func:`popsynth.response.intrinsic_block_counts` with zmax = z_i (trapezoid over the nodes <= z_i);
     C[0] = 0.
     """
-    from .cosmology import distance_tables
-
-    d = distance_tables(grid.z, device=phi0.device)
-    f = torch.einsum("zln,l,n,kln->zk", phi0, torch.as_tensor(grid.dlogl, dtype=DTYPE, device=phi0.device),
-                     torch.as_tensor(grid.dlognh, dtype=DTYPE, device=phi0.device), grid.block_masks(phi0.device))
-    f = f * (d["dvc_dz_dsr_mpc3"] * 4 * math.pi)[:, None]
+    f = intrinsic_block_dndz(phi0, grid)
     dz = torch.as_tensor(np.diff(grid.z), dtype=DTYPE, device=phi0.device)
     seg = 0.5 * dz[:, None] * (f[1:] + f[:-1])
     return torch.cat([torch.zeros_like(f[:1]), torch.cumsum(seg, 0)], 0)
@@ -269,9 +265,7 @@ def ct_data(run, z_max: float = CT_ZMAX, max_samples: int | None = 200, seed: in
     prob = run.problem()
     grid = prob.grid
     ws, best, start = _weights(run, max_samples, seed)
-    from .grid import nh_class_of_blocks
-
-    ct = (nh_class_of_blocks() == 2).to(DTYPE)
+    ct = BLOCKS.is_ct().to(DTYPE)
     sel = (grid.z <= z_max + 1e-9)
     sel[0] = False
     cum = cumulative_block_counts(prob.phi0, grid)[torch.as_tensor(sel)]  # [m, 15]
@@ -297,13 +291,9 @@ def ct_data(run, z_max: float = CT_ZMAX, max_samples: int | None = 200, seed: in
 
 
 def cumulative_block_counts_derivative(phi0: torch.Tensor, grid) -> torch.Tensor:
-    """dN/dz per block at each z node (all sky, all log L): [nz, 15] AGN per unit z."""
-    from .cosmology import distance_tables
-
-    d = distance_tables(grid.z, device=phi0.device)
-    f = torch.einsum("zln,l,n,kln->zk", phi0, torch.as_tensor(grid.dlogl, dtype=DTYPE, device=phi0.device),
-                     torch.as_tensor(grid.dlognh, dtype=DTYPE, device=phi0.device), grid.block_masks(phi0.device))
-    return f * (d["dvc_dz_dsr_mpc3"] * 4 * math.pi)[:, None]
+    """dN/dz per block at each z node (all sky, all log L): [nz, 15] AGN per unit z
+    (:func:`popsynth.response.intrinsic_block_dndz`)."""
+    return intrinsic_block_dndz(phi0, grid)
 
 
 # ----------------------------------------------------------------------------- 4. number counts

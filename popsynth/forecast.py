@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from .errors import PopsynthError
+from .response import dndz_response
 from .survey import Survey
 
 __all__ = [
@@ -258,10 +259,11 @@ def forecast_survey(r, survey: Survey, max_samples: int = 400, seed: int = 0, ta
     # CT and luminosity distributions: block responses from the model's selection share
     masks = grid.block_masks("cpu")  # [15, nL, nN]
     cell_n = m.dlognh * m.nh_share  # [nN], CT share of each N_H cell
-    sel, vol, dvol = m.selection, m.vol, m.dvol * (m.z_weights > 0).to(m.dvol.dtype)
+    sel, vol = m.selection, m.vol
     phi0 = m.on_model_z(prob.phi0)  # the XLF at the survey model's z nodes (refined at low z)
     dl = m.dlogl
-    resp_dz_ct = torch.einsum("zln,zln,l,n,kln->kz", phi0, sel, dl, cell_n, masks) * dvol
+    resp_dz_ct = dndz_response(phi0, sel, dl, m.dlognh, m.dvol, (m.z_weights > 0).to(m.dvol.dtype), masks,
+                               share=m.nh_share)  # the CT part of the sample's dN/dz
     resp_l = torch.einsum("zln,zln,n,kln,z->kl", phi0, sel, m.dlognh, masks, vol)
     resp_l_ct = torch.einsum("zln,zln,n,kln,z->kl", phi0, sel, cell_n, masks, vol)
     dn_dz_ct = (w_all @ resp_dz_ct).numpy() * area

@@ -26,7 +26,7 @@ from .cosmology import CosmologyParams, distance_tables
 from .errors import PopsynthError
 
 __all__ = ["luminosity_weighted_cube", "cxb_response", "block_cxb_response", "reverse_cumulative", "interp_edges",
-           "counts_response", "block_counts_response", "dndz_response", "selected_counts", "intrinsic_block_counts",
+           "counts_response", "block_counts_response", "dndz_response", "selected_counts", "xlf_response", "intrinsic_block_dndz", "intrinsic_block_counts",
            "intrinsic_ct_fraction"]
 
 _LN10 = math.log(10.0)
@@ -159,13 +159,17 @@ def block_counts_response(phi0: torch.Tensor, log_k, fluxes, vol, dl, dn, edges,
 
 # ---------------------------------------------------------------------------- selected samples
 def dndz_response(phi: torch.Tensor, selection: torch.Tensor, dl: torch.Tensor, dn: torch.Tensor,
-                  dvol: torch.Tensor, z_used: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+                  dvol: torch.Tensor, z_used: torch.Tensor, select: torch.Tensor | None = None,
+                  share: torch.Tensor | None = None) -> torch.Tensor:
     """dN/dz of the selected sample (deg^-2 per unit z) at the z nodes: sum_{l,n} phi sel dlogL dlogN_H dV/dz.
 
     phi [B, nz, nL, nN] (Mpc^-3 dex^-2), or one cube [nz, nL, nN] with ``select`` [K, nL, nN];
     selection [nz, nL, nN] (selected share of each cell); dl [nL], dn [nN]; dvol [nz] (Mpc^3 deg^-2
-    per unit z); z_used [nz] (1 inside the survey's z range, else 0). Returns [B, nz] (or [K, nz]).
+    per unit z); z_used [nz] (1 inside the survey's z range, else 0); share [nN]: optional share of
+    each N_H cell counted (e.g. above the CT threshold; None: all). Returns [B, nz] (or [K, nz]).
     """
+    if share is not None:
+        dn = dn * share
     if select is None:
         return torch.einsum("bzln,zln,l,n,z->bz", phi, selection, dl, dn, dvol * z_used)
     cell = dl[:, None] * dn[None, :]  # [nL, nN]
@@ -198,6 +202,26 @@ def selected_counts(phi: torch.Tensor, selection: torch.Tensor | None, dl: torch
 
 
 # ---------------------------------------------------------------------------- intrinsic counts, CT fraction
+def xlf_response(phi0: torch.Tensor, dn: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """dPhi/dlog L of the selected cubes phi0 * select[k], summed over log N_H: R[k, z, l] = sum_n phi0 dn select.
+
+    phi0 [nz, nL, nN] (Mpc^-3 dex^-2); dn [nN] (dex; zero for cells to leave out); select [K, nL, nN].
+    Returns float64 [K, nz, nL] in Mpc^-3 dex^-1."""
+    return torch.einsum("zln,n,kln->kzl", phi0, dn, select)
+
+
+def intrinsic_block_dndz(phi0: torch.Tensor, grid, cosmology: CosmologyParams = CosmologyParams()) -> torch.Tensor:
+    """dN/dz per block at each z node, all sky and all log L of the grid: float64 [nz, 15] (AGN per unit z).
+
+    4 pi dV_c/(dz dOmega) sum_{l,n in block} phi0 dlogL dlogN_H; phi0 [nz, nL, nN] in Mpc^-3 dex^-2.
+    The trapezoid over the nodes <= z_max of this is :func:`intrinsic_block_counts`."""
+    dev = phi0.device
+    d = grid.distances(cosmology, dev)
+    f = torch.einsum("zln,l,n,kln->zk", phi0, grid.buffer("dlogl", dev), grid.buffer("dlognh", dev),
+                     grid.block_masks(dev))
+    return f * (d["dvc_dz_dsr_mpc3"] * 4 * math.pi)[:, None]
+
+
 def intrinsic_block_counts(phi0: torch.Tensor, grid, zmax: float,
                            cosmology: CosmologyParams = CosmologyParams()) -> torch.Tensor:
     """Number of AGN per block, all sky, from the first z node to ``zmax``: float64 [15].

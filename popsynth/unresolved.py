@@ -58,9 +58,10 @@ import torch
 
 from ._tensor import DTYPE, as_tensor
 from .cosmology import CosmologyParams, distance_tables
+from .blocks import BLOCKS
 from .cxb import cxb_kernel
 from .errors import PopsynthError
-from .grid import LOGL_BLOCK_EDGES, N_BLOCKS, NH_CLASS_NAMES, Grid, block_index_of
+from .grid import NH_CLASS_NAMES, Grid
 from .observables import SR_PER_DEG2, band_flux_factor, z_range_weights
 from .spectra.model import SpectralTable
 from .spectra.primary import KEV_ERG
@@ -105,7 +106,7 @@ class UnresolvedModel:
         self._cum = torch.cat([torch.zeros_like(m[..., :1]), torch.cumsum(m, -1)], -1)  # [nz, nN, nL+1]
         self._edges = as_tensor(g.logl_edges, self.phi1.device)
         self._cls = g.nh_class.to(self.phi1.device)  # [nN]
-        self._ranges = [(LOGL_BLOCK_EDGES[j], LOGL_BLOCK_EDGES[j + 1]) for j in range(len(LOGL_BLOCK_EDGES) - 1)]
+        self._ranges = [(BLOCKS.logl_edges[j], BLOCKS.logl_edges[j + 1]) for j in range(BLOCKS.n_lum)]
 
     # -------------------------------------------------------------- the exact cell-fraction integral
     def _moment_below(self, t: torch.Tensor) -> torch.Tensor:
@@ -126,13 +127,13 @@ class UnresolvedModel:
 
     def _blocks(self, v: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
         """Sum v [5, D, nz, nN] x kern [D, nz, nN, E] into blocks: [15, E] (mean over draws)."""
-        out = torch.zeros(N_BLOCKS, kern.shape[-1], dtype=DTYPE, device=kern.device)
+        out = torch.zeros(BLOCKS.n, kern.shape[-1], dtype=DTYPE, device=kern.device)
         D = kern.shape[0]
-        for c in range(len(NH_CLASS_NAMES)):
+        for c in range(BLOCKS.n_classes):
             sel = self._cls == c
             r = torch.einsum("jdzn,dzne->je", v[..., sel], kern[:, :, sel]) / D  # [5, E]
             for j in range(len(self._ranges)):
-                out[int(block_index_of(c, j))] = r[j]
+                out[int(BLOCKS.index_of(c, j))] = r[j]
         return out
 
     def _limit_t(self, ksel: torch.Tensor, s_lim: float) -> torch.Tensor:
@@ -375,9 +376,7 @@ def write_outputs(run, model: UnresolvedModel, weights: torch.Tensor, out: Path,
     sp["energy"] = energy
     sp["energy"].unit = "keV"
     w = weights.to(DTYPE)
-    from .grid import nh_class_of_blocks
-
-    cls = nh_class_of_blocks()
+    cls = BLOCKS.nh_class()
     unit = "keV / (s cm2 sr)"
     for zr in (None, (0.0, 1.0), (1.0, 2.0), (2.0, 5.0)):
         resp = model.spectrum_response(energy, spectrum_band, spectrum_limit, zr)
