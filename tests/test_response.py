@@ -1,0 +1,98 @@
+"""The response layer: one kernel per observable; the block responses are the kernels on the 15 block cubes."""
+
+import numpy as np
+import pytest
+import torch
+
+from popsynth.blocks import BLOCKS, Blocks
+from popsynth.grid import Grid, N_BLOCKS, block_index_of, block_names, lum_range_of_blocks, nh_class_of_blocks
+from popsynth.response import (block_counts_response, counts_response, cxb_response, dndz_response,
+                               intrinsic_block_counts, intrinsic_block_dndz, intrinsic_ct_fraction, selected_counts)
+
+DT = torch.float64
+
+
+@pytest.fixture(scope="module")
+def small():
+    g = Grid(z=np.linspace(0.05, 3.0, 12), logl_edges=np.linspace(41, 47, 25), lognh_edges=np.linspace(20, 26, 13))
+    gen = torch.Generator().manual_seed(3)
+    phi = torch.rand(g.shape, generator=gen, dtype=DT) * 1e-5
+    return g, phi, gen
+
+
+def _masked(phi, g):
+    return phi[None] * g.block_masks()[:, None]  # the 15 block cubes [15, nz, nL, nN]
+
+
+def _close(a, b, tol=1e-12):
+    assert a.shape == b.shape
+    assert float(((a - b).abs() / b.abs().clamp_min(1e-300 + tol * float(b.abs().max()))).max()) < tol
+
+
+def test_blocks_layout_defined_once():
+    assert BLOCKS == Blocks() and BLOCKS.n == N_BLOCKS == 15
+    assert block_names()[7] == "compton_thin:L43-44" and BLOCKS.names() == block_names()
+    assert torch.equal(nh_class_of_blocks(), BLOCKS.nh_class()) and torch.equal(lum_range_of_blocks(), BLOCKS.lum_range())
+    assert BLOCKS.is_ct().nonzero().flatten().tolist() == [10, 11, 12, 13, 14]
+    assert int(block_index_of(2, 3)) == 13
+    g = Grid()
+    assert torch.equal(g.block_masks(), BLOCKS.masks(g.block_index))
+    assert g.block_masks() is g.block_masks()  # made once
+    assert g.distances() is g.distances()
+
+
+def test_cxb_block_response_is_the_cube_kernel_on_the_block_cubes(small):
+    g, phi, gen = small
+    k = torch.rand(g.shape[0], g.shape[2], 7, generator=gen, dtype=DT)
+    _close(cxb_response(phi, k, g, select=g.block_masks()), cxb_response(_masked(phi, g), k, g))
+
+
+def test_counts_block_response_is_the_cube_kernel_on_the_block_cubes(small):
+    g, phi, gen = small
+    nz, _, nn = g.shape
+    log_k = -46.0 + torch.rand(3, nz, nn, generator=gen, dtype=DT)  # log10 cm^-2, 3 draws
+    fluxes = torch.tensor([1e-16, 1e-14, 3e-13, 1e-11], dtype=DT)
+    vol = torch.rand(nz, generator=gen, dtype=DT) * 1e6
+    args = (log_k, fluxes, vol, g.buffer("dlogl"), g.buffer("dlognh"), g.buffer("logl_edges"))
+    cum_b, dif_b = block_counts_response(phi, *args, g.lognh)
+    cum_c, dif_c = counts_response(_masked(phi, g), *args)
+    _close(cum_b, cum_c[:, 0, 0])
+    _close(dif_b, dif_c[:, 0, 0], 1e-11)
+    # and the sum over the blocks is the full cube's count
+    _close(cum_b.sum(0), counts_response(phi[None], *args)[0][0, 0, 0])
+
+
+def test_sample_block_responses_are_the_cube_kernels_on_the_block_cubes(small):
+    g, phi, gen = small
+    nz, _, nn = g.shape
+    sel = torch.rand(g.shape, generator=gen, dtype=DT)
+    dl, dn = g.buffer("dlogl"), g.buffer("dlognh")
+    dvol, vol = torch.rand(nz, generator=gen, dtype=DT), torch.rand(nz, generator=gen, dtype=DT)
+    used = (torch.arange(nz) > 2).to(DT)
+    share = torch.rand(nn, generator=gen, dtype=DT)
+    masks, cubes = g.block_masks(), _masked(phi, g)
+    _close(dndz_response(phi, sel, dl, dn, dvol, used, masks), dndz_response(cubes, sel, dl, dn, dvol, used))
+    _close(dndz_response(phi, sel, dl, dn, dvol, used, masks, share=share),
+           dndz_response(cubes, sel, dl, dn, dvol, used, share=share))
+    for s in (sel, None):
+        for sh in (share, None):
+            _close(selected_counts(phi, s, dl, dn, vol, sh, masks), selected_counts(cubes, s, dl, dn, vol, sh))
+
+
+def test_intrinsic_block_counts_and_ct_fraction(small):
+    g, phi, _ = small
+    f = intrinsic_block_dndz(phi, g)  # [nz, 15]
+    i = 5
+    trap = (0.5 * torch.as_tensor(np.diff(g.z[: i + 1]))[:, None] * (f[1: i + 1] + f[:i])).sum(0)
+    c = intrinsic_block_counts(phi, g, float(g.z[i]))
+    _close(c, trap, 1e-12)
+    w = torch.ones(2, 15, dtype=DT)
+    w[1, 10:] = 2.0
+    frac = intrinsic_ct_fraction(w, c)
+    ct = c[10:].sum() / c.sum()
+    _close(frac, torch.stack([ct, 2 * ct / (1 + ct)]))
+    # above log L 43: only the blocks of the last three luminosity ranges
+    keep = BLOCKS.lum_range() >= 2
+    _close(intrinsic_ct_fraction(w[:1], c, 43.0), (c[keep & BLOCKS.is_ct()].sum() / c[keep].sum())[None])
+    with pytest.raises(Exception, match="zmax"):
+        intrinsic_block_counts(phi, g, 0.1234)
