@@ -119,6 +119,8 @@ def counts_response(phi: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor
         nh_select = torch.ones(nn, 1, dtype=DTYPE, device=dev)
     wzn = (vol[:, None, None] * (dn[:, None] * nh_select)[None]).reshape(nz * nn, -1)  # [nz*nN, C]
     whole = l_bounds is None
+    if whole and nh_select.shape[1] == 1:
+        return _whole_counts(c, log_k, fluxes, wzn[:, 0], edges)
     bounds = [float(edges[0]), float(edges[-1])] if whole else list(l_bounds)
     bounds[0], bounds[-1] = float(edges[0]), float(edges[-1])
     logs = torch.log10(fluxes)
@@ -144,6 +146,37 @@ def counts_response(phi: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor
             dif[:, :, j] -= _contract(slope * inside, wzn)
     dk = log_k.shape[0]
     return cum / dk, dif / (dk * fluxes * _LN10)
+
+
+_CHUNK_ELEMENTS = 2 ** 24
+"""Doubles per [B, draws, M, nS] intermediate of :func:`_whole_counts` (128 MiB)."""
+
+
+def _whole_counts(c: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor, wzn: torch.Tensor, edges: torch.Tensor):
+    """:func:`counts_response` over the whole log L axis and all N_H cells, vectorised over chunks of draws.
+
+    The same interpolant as :func:`interp_edges` (value c0 + s (c1 - c0), slope (c1 - c0) / width inside
+    the edges); c [B, M, nL+1], log_k [D, nz, nN], wzn [M]. Returns each [B, 1, 1, nS]."""
+    b, m, _ = c.shape
+    dk, ns = log_k.shape[0], fluxes.numel()
+    logs = torch.log10(fluxes)
+    cum = torch.zeros(b, ns, dtype=DTYPE, device=c.device)
+    dif = torch.zeros_like(cum)
+    step = max(1, _CHUNK_ELEMENTS // max(1, b * m * ns))
+    for d0 in range(0, dk, step):
+        t = (logs - log_k[d0:d0 + step].reshape(-1, m, 1)).contiguous()  # [Dc, M, nS]
+        idx = torch.searchsorted(edges, t, right=True).clamp(1, edges.numel() - 1)
+        i0 = idx - 1
+        width = edges[idx] - edges[i0]
+        s = ((t - edges[i0]) / width).clamp(0.0, 1.0)
+        shape = (b,) + tuple(t.shape)
+        cx = c[:, None].expand(b, t.shape[0], m, c.shape[-1])
+        c0, c1 = torch.gather(cx, -1, i0.expand(shape)), torch.gather(cx, -1, idx.expand(shape))  # [B, Dc, M, nS]
+        step_c = c1 - c0
+        inside = ((t > edges[0]) & (t < edges[-1])).to(DTYPE) / width
+        cum += torch.einsum("bdms,m->bs", c0 + s * step_c, wzn)
+        dif -= torch.einsum("bdms,dms,m->bs", step_c, inside, wzn)
+    return (cum / dk)[:, None, None], (dif / (dk * fluxes * _LN10))[:, None, None]
 
 
 def block_counts_response(phi0: torch.Tensor, log_k, fluxes, vol, dl, dn, edges, lognh):
