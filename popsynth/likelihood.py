@@ -481,8 +481,8 @@ def build_likelihood(model, data, constraints=None, sys_floor: float | dict = 0.
 
 
 def smoothness_pairs() -> tuple:
-    """Adjacent luminosity-block pairs (k, k') within each N_H class, from the grid's block layout."""
-    from .grid import LOGL_BLOCK_EDGES, NH_CLASS_EDGES, block_index_of
+    """Adjacent luminosity-block pairs (k, k') within each N_H class, from the block layout (:data:`popsynth.blocks.BLOCKS`)."""
+    from .blocks import BLOCKS
 
-    n_lum, n_cls = len(LOGL_BLOCK_EDGES) - 1, len(NH_CLASS_EDGES) - 1
-    return tuple((block_index_of(c, j), block_index_of(c, j + 1)) for c in range(n_cls) for j in range(n_lum - 1))
+    return tuple((BLOCKS.index_of(c, j), BLOCKS.index_of(c, j + 1))
+                 for c in range(BLOCKS.n_classes) for j in range(BLOCKS.n_lum - 1))

@@ -18,9 +18,10 @@ from .config import STARTING_XLFS, RunConfig
 from .cosmology import CosmologyParams
 from .errors import PopsynthError
 from .fit import A19_CONVERGED_COST, a19_cost, chi2_by_dataset
-from .grid import N_BLOCKS, NH_CLASS_NAMES, block_names
+from .blocks import BLOCKS
 from .io import export_xlf_hdf5, run_files, write_a19_layout, write_cxb_table, write_json
-from .posterior_run import A19_TABLE5, format_literature_rows, intrinsic_ct_fraction
+from .posterior_run import A19_TABLE5, format_literature_rows
+from .response import intrinsic_ct_fraction
 from .xlf import apply_block_weights
 
 
@@ -93,8 +94,8 @@ def write_outputs(cfg: RunConfig, prob, w: torch.Tensor, step: int, steps: int, 
         "chi2_cxb": {n: float(chi2[best, i]) for i, n in enumerate(data.names)},
         "n_points": dict(zip(data.names, n_pts)),
         "chi2_total": float(chi2_tot[best]),
-        "dof": data.n - N_BLOCKS,
-        "reduced_chi2_cxb": float(chi2_tot[best]) / (data.n - N_BLOCKS),
+        "dof": data.n - BLOCKS.n,
+        "reduced_chi2_cxb": float(chi2_tot[best]) / (data.n - BLOCKS.n),
         "a19_cost": float(cost[best]),
     }
     if cons is not None:
@@ -104,7 +105,7 @@ def write_outputs(cfg: RunConfig, prob, w: torch.Tensor, step: int, steps: int, 
         fit_stats["ct_fractions_observed_vs_model"] = cons.ct_fractions(w[best:best + 1])
     spec = cfg.spectral_set
     attrs = {"spec_set": cfg.spec_set, "spec_set_description": spec.description, "spectral_set": spec.describe(),
-             "cosmology": CosmologyParams().describe(), "weights": wb[0].tolist(), "block_names": block_names(),
+             "cosmology": CosmologyParams().describe(), "weights": wb[0].tolist(), "block_names": BLOCKS.names(),
              "fit_statistics": fit_stats, "config": cfg.to_dict(), "best_start": best, "selection": select_rule,
              "absorption_function": cfg.absorption, "xlf_start": f"{STARTING_XLFS[cfg.xlf][1]} x absorption function"}
     export_xlf_hdf5(out / "xlf_best.h5", cube, grid, attrs,
@@ -114,7 +115,7 @@ def write_outputs(cfg: RunConfig, prob, w: torch.Tensor, step: int, steps: int, 
     fine = prob.fine
     cols = {"energy": fine.energy.cpu().numpy(), "total": fine(wb)[0].cpu().numpy()}
     by = fine.by_class(wb)[0]
-    for c, name in enumerate(NH_CLASS_NAMES):
+    for c, name in enumerate(BLOCKS.nh_names):
         cols[f"agn_{name}"] = by[c].cpu().numpy()
     cols["galaxies"] = fine.extra.cpu().numpy()
     if int(converged.sum()) >= 2:
@@ -148,7 +149,7 @@ def write_outputs(cfg: RunConfig, prob, w: torch.Tensor, step: int, steps: int, 
         "mode": cfg.mode,
         "best_start": best,
         "selection": select_rule,
-        "best_weights": dict(zip(block_names(), wb[0].tolist())),
+        "best_weights": dict(zip(BLOCKS.names(), wb[0].tolist())),
         **fit_stats,
         "ct_fraction_z0.1": spread(ctf[0.1]),
         "ct_fraction_z1.0": spread(ctf[1.0]),

@@ -22,15 +22,14 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .cxb import class_of_block
-from .grid import LOGL_BLOCK_EDGES, NH_CLASS_NAMES, block_names, lum_range_of_blocks
+from .blocks import BLOCKS
 from .cosmology import CosmologyParams
 from .io import export_xlf_hdf5, run_files, write_a19_layout, write_cxb_table, write_json
 from .likelihood import Likelihood, LogWeightPrior, build_likelihood, smoothness_pairs
 from .posterior import SamplerConfig, interval, neg_log_posterior, quantiles, sample_posterior
+from .response import intrinsic_ct_fraction
 from .xlf import apply_block_weights
 
-CT_CLASS = len(NH_CLASS_NAMES) - 1  # the Compton-thick N_H class (log N_H 24-26)
 
 
 def build_inference(cfg, prob, device=None) -> tuple[Likelihood, LogWeightPrior]:
@@ -44,19 +43,6 @@ def build_inference(cfg, prob, device=None) -> tuple[Likelihood, LogWeightPrior]
 def residual_fn_for(lik: Likelihood, prior: LogWeightPrior):
     """Residuals [B, n] whose squares sum to -2 ln p(w | data) + const (for the batched optimiser)."""
     return lambda w: torch.cat([lik.residuals(w), prior.residuals(w)], dim=-1)
-
-
-def intrinsic_ct_fraction(w: torch.Tensor, counts: torch.Tensor, logl_min: float | None = None) -> torch.Tensor:
-    """N(log N_H >= 24) / N(all) per row of w [B, 15], with ``counts`` [15] AGN per block at unit weight;
-    with ``logl_min``, only the blocks whose luminosity range starts at or above it (42, 43, ...)."""
-    n = w * counts
-    cls = class_of_block().to(w.device)
-    keep = torch.ones_like(cls, dtype=torch.bool)
-    if logl_min is not None:
-        lo = torch.tensor(LOGL_BLOCK_EDGES[:-1], dtype=w.dtype, device=w.device)
-        keep = (lo >= logl_min - 1e-9)[lum_range_of_blocks().to(w.device)]
-    ct = (cls == CT_CLASS) & keep
-    return n[:, ct].sum(-1) / n[:, keep].sum(-1)
 
 
 def posterior_stage(cfg, prob, lik: Likelihood, prior: LogWeightPrior, w_starts: torch.Tensor, step: int, out: Path,
@@ -98,7 +84,7 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
     lp = neg_log_posterior(lik, prior, ws)
     i_best = int(torch.argmin(lp))
     w_best = ws[i_best:i_best + 1]
-    names = block_names()
+    names = BLOCKS.names()
     weights = {n: {"median": float(q[1, k]), "p16": float(q[0, k]), "p84": float(q[2, k]), "mode": float(w_mode[k])}
                for k, n in enumerate(names)}
     ct_intr = {f"ct_fraction_z{z:.1f}": {**interval(intrinsic_ct_fraction(ws, c)),
@@ -151,7 +137,7 @@ def write_posterior_outputs(cfg, prob, lik, prior, w_mode, post, step, out: Path
     fine = prob.fine
     cols = {"energy": fine.energy.cpu().numpy(), "total": fine(w_mode[None])[0].cpu().numpy()}
     by = fine.by_class(w_mode[None])[0]
-    for c, cname in enumerate(NH_CLASS_NAMES):
+    for c, cname in enumerate(BLOCKS.nh_names):
         cols[f"agn_{cname}"] = by[c].cpu().numpy()
     cols["galaxies"] = fine.extra.cpu().numpy()
     band = quantiles(fine(ws)).cpu().numpy()

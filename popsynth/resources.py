@@ -10,7 +10,8 @@ import torch
 
 from .config import FINE_ENERGY, MAX_DRAWS, MAX_STARTS, RunConfig
 from .errors import PopsynthError
-from .grid import N_BLOCKS, Grid
+from .blocks import BLOCKS
+from .grid import Grid
 
 
 def _fmt_bytes(n: float) -> str:
@@ -47,8 +48,8 @@ def estimate_memory(cfg: RunConfig, device: torch.device | str = "cpu") -> dict:
     draws_host = cfg.draws * cell_table * 3  # the table and the temporaries of building it (always on CPU)
     draws_all = cfg.draws * cell_table * (12 if with_constraints else 3)
     n_res = 90 + (60 if cfg.mode in ("joint", "posterior") else 0)  # CXB points + prior (+ counts and CT points)
-    vectors = 4 * (N_BLOCKS + n_res) + 4 * FINE_ENERGY.size
-    per_start = 8 * (vectors + (3 * N_BLOCKS * n_res if cfg.optimizer == "lm" else 0))
+    vectors = 4 * (BLOCKS.n + n_res) + 4 * FINE_ENERGY.size
+    per_start = 8 * (vectors + (3 * BLOCKS.n * n_res if cfg.optimizer == "lm" else 0))
     starts = cfg.starts * per_start + 200 * (cfg.steps or make_optimizer(cfg.optimizer, cfg.lr).default_steps)
     if device.type == "cuda":
         dev = CUDA_CONTEXT_BYTES + (draws_all - draws_host + cfg.draws * cell_table) + starts

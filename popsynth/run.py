@@ -9,13 +9,11 @@ outputs of modes a19 / joint / cxb :mod:`popsynth.outputs`' and of the posterior
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -24,23 +22,23 @@ from ._tensor import DTYPE, as_tensor, resolve_device
 from .config import (FINE_ENERGY, MAX_DRAWS, MAX_STARTS, MAX_STEPS, MODES, REQUIRED_FIELDS, RESUME_SAFE,
                      STARTING_XLFS, RunConfig, _field_kinds, _is_kind)
 from .constraints import Constraints
-from .cosmology import CosmologyParams, distance_tables
 from .cxb import CXBModel, block_response, cxb_kernel
 from .data.cxb import load_cxb
 from .errors import PopsynthError, RunInterrupted
 from .fit import (Convergence, FitData, FitResiduals, check_state, check_tensor, chi2_by_dataset, initial_weights,
                   make_optimizer)
 from .galaxies import GALAXY_MODELS
-from .grid import N_BLOCKS, Grid
+from .blocks import BLOCKS
+from .grid import Grid
 from .io import RunLock, check_output_folder, checkpoint_file, load_checkpoint, save_checkpoint
 from .outputs import format_table, select_start, write_outputs
-from .posterior_run import build_inference, format_posterior_table, intrinsic_ct_fraction, posterior_stage, residual_fn_for
+from .posterior_run import build_inference, format_posterior_table, posterior_stage, residual_fn_for
+from .response import intrinsic_block_counts
 from .resources import (CUDA_CONTEXT_BYTES, SETUP_BYTES, _fmt_bytes, available_memory, check_resources,
                         estimate_memory)
 from .spectra.model import build_spectral_table, make_components
 
-__all__ = ["RunConfig", "Problem", "build_problem", "run", "load_resume", "check_data", "fit_progress", "block_counts",
-           "ct_fraction", "FINE_ENERGY", "MODES", "STARTING_XLFS", "RESUME_SAFE", "REQUIRED_FIELDS", "MAX_STARTS",
+__all__ = ["RunConfig", "Problem", "build_problem", "run", "load_resume", "check_data", "fit_progress", "FINE_ENERGY", "MODES", "STARTING_XLFS", "RESUME_SAFE", "REQUIRED_FIELDS", "MAX_STARTS",
            "MAX_DRAWS", "MAX_STEPS", "_field_kinds", "_is_kind", "check_resources", "estimate_memory",
            "available_memory", "SETUP_BYTES", "CUDA_CONTEXT_BYTES", "_fmt_bytes", "select_start", "write_outputs",
            "format_table"]  # the names defined elsewhere stay importable from here (their modules are in the docstring)
@@ -70,31 +68,6 @@ class Problem:
 
 
 
-def block_counts(phi0: torch.Tensor, grid: Grid, zmax: float, cosmology: CosmologyParams = CosmologyParams()) -> torch.Tensor:
-    """Number of AGN per block, all sky, from the first z node to ``zmax``: [15].
-
-    N_k = 4 pi int dz dV_c/(dz dOmega) int_k phi0 dlogL dlogN_H, trapezoid in z over the nodes
-    <= zmax (zmax must be a node). Used for CT fractions: N_CT / N_all is linear in the weights.
-    """
-    zsel = grid.z <= zmax + 1e-9
-    if not np.isclose(grid.z[zsel][-1], zmax):
-        raise PopsynthError(f"z = {zmax} is not a grid node", "use a z grid that contains it")
-    from .grid import trapezoid_weights
-
-    zz = grid.z[zsel]
-    d = distance_tables(zz, cosmology, device=phi0.device)
-    wz = as_tensor(trapezoid_weights(zz), phi0.device) * d["dvc_dz_dsr_mpc3"] * 4 * math.pi
-    masks = grid.block_masks(phi0.device)
-    dl, dn = as_tensor(grid.dlogl, phi0.device), as_tensor(grid.dlognh, phi0.device)
-    per_cell = torch.einsum("zln,z,l,n->ln", phi0[zsel], wz, dl, dn)
-    return torch.einsum("ln,kln->k", per_cell, masks)
-
-
-def ct_fraction(weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Intrinsic CT fraction N(log N_H >= 24) / N(all) per start: weights [B, 15], counts [15] -> [B]."""
-    return intrinsic_ct_fraction(weights, counts)
-
-
 def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
     t0 = time.time()
     if cfg.spectral_model != "transmitted":  # warns once (StaleTableWarning) when a shipped table is out of date,
@@ -119,11 +92,11 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
             for name, (make, label) in STARTING_XLFS.items():
                 resp = block_response(phi1 if name == cfg.xlf else make(grid, cfg.absorption, l_moment=1, device=device),
                                       k, grid)
-                pred = CXBModel(resp, e, gal(e).to(device))(torch.ones(1, N_BLOCKS, dtype=DTYPE, device=device))
+                pred = CXBModel(resp, e, gal(e).to(device))(torch.ones(1, BLOCKS.n, dtype=DTYPE, device=device))
                 chi = chi2_by_dataset(pred, data, cfg.sys_floor)[0]
                 literature[name] = {"label": label, **{n: float(chi[i]) for i, n in enumerate(data.names)},
                                     "total": float(chi.sum())}
-    ct = {zmax: block_counts(phi0, grid, zmax) for zmax in (0.1, 1.0)}
+    ct = {zmax: intrinsic_block_counts(phi0, grid, zmax) for zmax in (0.1, 1.0)}
     cons = None
     if cfg.mode != "cxb":
         cons = Constraints(grid, phi0, table, cfg.counts, cfg.use_ct, cfg.counts_weight, cfg.ct_weight, device=device)
@@ -185,9 +158,9 @@ def load_resume(path, overrides: dict | None = None) -> tuple[dict, RunConfig, P
         setattr(cfg, k, v)
     cfg.validate()
     opt = make_optimizer(cfg.optimizer, cfg.lr)
-    check_state(ckpt["opt_state"], opt.state_spec(cfg.starts, N_BLOCKS), f"{src}: opt_state")
+    check_state(ckpt["opt_state"], opt.state_spec(cfg.starts, BLOCKS.n), f"{src}: opt_state")
     check_state(ckpt["conv_state"], Convergence.state_spec(cfg.starts), f"{src}: conv_state")
-    check_tensor(ckpt["w0"], (cfg.starts, N_BLOCKS), DTYPE, f"{src}: w0")
+    check_tensor(ckpt["w0"], (cfg.starts, BLOCKS.n), DTYPE, f"{src}: w0")
     if not bool((ckpt["w0"] > 0).all()):
         raise PopsynthError(f"{src}: w0 holds non-positive weights", "it was damaged or edited; start a new run")
     return ckpt, cfg, p.parent
@@ -279,7 +252,7 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
         wall_before = float(ckpt.get("wall_seconds", 0.0))
         log(f"resuming from step {step0} of {steps} ({out / 'checkpoint.pt'})")
     else:
-        w0 = initial_weights(cfg.starts, N_BLOCKS, cfg.seed, *cfg.init_range, device=device)
+        w0 = initial_weights(cfg.starts, BLOCKS.n, cfg.seed, *cfg.init_range, device=device)
         state = opt.init(w0)
         loss0 = (residual_fn(w0) ** 2).sum(-1)
         _check_finite(loss0, 0, None)

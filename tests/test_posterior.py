@@ -67,7 +67,7 @@ def test_sampler_settings_are_checked():
 def test_intrinsic_ct_fraction_above_a_luminosity():
     """CT fraction of the blocks at log L >= 42 / 43 against a hand sum over the block layout
     (k = 5 c + j: class c = 2 is Compton-thick, j = 0 is log L 41-42)."""
-    from popsynth.posterior_run import intrinsic_ct_fraction
+    from popsynth.response import intrinsic_ct_fraction
 
     counts = torch.arange(1.0, 16.0, dtype=torch.float64)
     w = torch.linspace(0.5, 2.0, 15, dtype=torch.float64)[None]

@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import PopsynthError
-from ..grid import Grid, a19_logl_nodes, a19_lognh_nodes, a19_z_nodes, block_names
+from ..blocks import BLOCKS
+from ..grid import Grid, a19_logl_nodes, a19_lognh_nodes, a19_z_nodes
 from .files import atomic_write
 
 __all__ = ["export_xlf_hdf5", "XLFCube", "XLF_CUBES", "load_xlf", "A19_LAYOUT_Z_CHUNK", "write_a19_layout"]
@@ -39,7 +40,7 @@ def export_xlf_hdf5(path: Path, cube: np.ndarray, grid: Grid, attrs: dict, extra
                 ds = f.create_dataset(name, data=np.asarray(arr, dtype=np.float64))
                 ds.attrs["units"] = unit
             f.create_dataset("block_index", data=grid.block_index.numpy())
-            f["block_index"].attrs["block_names"] = json.dumps(block_names())
+            f["block_index"].attrs["block_names"] = json.dumps(BLOCKS.names())
             for k, v in (extra or {}).items():
                 f.create_dataset(k, data=np.asarray(v))
             for k, v in attrs.items():
