@@ -52,6 +52,7 @@ import torch
 from ._tensor import DTYPE, as_tensor
 from .cosmology import CosmologyParams
 from .blocks import BLOCKS
+from .constants import C_CM_S, L_SUN_ERG_S, M_SUN_G, YR_S
 from .errors import PopsynthError
 from .grid import NH_CLASS_NAMES, Grid
 from .response import xlf_response
@@ -59,16 +60,8 @@ from .response import xlf_response
 __all__ = ["KBOL_MODELS", "kbol", "bhad_response", "psi_bh", "accreted_mass_density", "compute_bhad",
            "load_literature", "write_outputs", "plot_bhad", "main"]
 
-#: Speed of light, cm/s (exact, SI).
-C_CM_S = 2.99792458e10
-#: Solar mass, g (IAU 2015 nominal GM_sun / CODATA 2018 G, as astropy.constants.M_sun).
-MSUN_G = 1.988409870698051e33
-#: Julian year, s (astropy's ``u.yr``).
-YR_S = 365.25 * 86400.0
-#: Nominal solar luminosity, erg/s (IAU 2015 Resolution B3).
-LSUN_ERG_S = 3.828e33
 #: erg s^-1 Mpc^-3 of L_bol -> Msun yr^-1 Mpc^-3 of accreted rest mass, before (1 - eps) / eps.
-ERG_S_TO_MSUN_YR = YR_S / (C_CM_S ** 2 * MSUN_G)
+ERG_S_TO_MSUN_YR = YR_S / (C_CM_S ** 2 * M_SUN_G)
 
 KBOL_MODELS = ("constant", "duras2020", "hopkins2007")
 DURAS2020_LX = (15.33, 11.48, 16.20)  # a, b, c: Duras et al. 2020, Table 1, K_X(L_X), general sample
@@ -101,7 +94,7 @@ def kbol(logl_x, model: str = "duras2020", constant: float = 10.0) -> np.ndarray
         if not (isinstance(constant, (int, float)) and math.isfinite(constant) and constant > 0):
             raise PopsynthError(f"constant K_bol must be a finite number > 0, got {constant!r}", "pass e.g. --kbol-constant 10")
         return np.full_like(x, float(constant))
-    lx_sun = x - math.log10(LSUN_ERG_S)
+    lx_sun = x - math.log10(L_SUN_ERG_S)
     if model == "duras2020":
         a, b, c = DURAS2020_LX
         return a * (1.0 + (lx_sun / b) ** c)

@@ -73,7 +73,7 @@ def choices(field: str) -> tuple:
     if field == "xlf":
         return tuple(STARTING_XLFS)
     if field == "spectral_model":
-        from .spectra.model import SPECTRAL_MODELS
+        from .spectra.registry import SPECTRAL_MODELS
 
         return tuple(SPECTRAL_MODELS)
     if field == "mode":

@@ -31,7 +31,7 @@ from .data.counts import list_counts, load_counts, load_ct_fractions
 from .errors import PopsynthError
 from .grid import Grid
 from .observables import asym_residuals, build_counts_model, build_ct_model
-from .spectra.model import SpectralTable
+from .spectra.table import SpectralTable
 
 DEFAULT_COUNTS = (
     "bat105_agn_differential_14_195keV",
@@ -69,7 +69,7 @@ class Constraints:
             raise PopsynthError(f"unknown counts table(s) {bad}", f"choose from {known}")
         if counts_weight < 0 or ct_weight < 0 or not (math.isfinite(counts_weight) and math.isfinite(ct_weight)):
             raise PopsynthError(f"constraint weights must be finite and >= 0, got {counts_weight}, {ct_weight}",
-                                "pass --counts-weight and --ct-weight >= 0")
+                                "pass `counts_weight` and `ct_weight` >= 0")
         self.counts_weight = float(counts_weight)
         self.ct_weight = float(ct_weight)
         self.models = {}

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ._tensor import DTYPE
+from .constants import MPC_CM
 from .errors import PopsynthError
 
-MPC_CM = 3.0856775814913673e24  # cm per Mpc (IAU 2015 pc definition, as astropy.units)
 
 
 @dataclass(frozen=True)

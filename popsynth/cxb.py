@@ -34,7 +34,7 @@ from .cosmology import CosmologyParams
 from .errors import PopsynthError
 from .grid import Grid
 from .response import block_cxb_response, cxb_response, luminosity_weighted_cube  # noqa: F401 (re-exported)
-from .spectra.model import SpectralTable
+from .spectra.table import SpectralTable
 
 def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyParams = CosmologyParams(),
                device=None) -> torch.Tensor:

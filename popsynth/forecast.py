@@ -237,9 +237,8 @@ def forecast_survey(r, survey: Survey, max_samples: int = 400, seed: int = 0, ta
     """Forecast one survey from a run (:class:`popsynth.results.RunOutputs`); see the module docstring.
 
     ``max_samples`` thins the weight samples (seeded); ``table`` is the run's spectral table
-    (default: :func:`popsynth.mock.run_spectral_table`)."""
+    (default: :meth:`popsynth.results.RunOutputs.spectral_table`)."""
     from . import __version__
-    from .mock import run_spectral_table
     from .observables import build_survey_model
 
     if not isinstance(survey, Survey):
@@ -247,7 +246,7 @@ def forecast_survey(r, survey: Survey, max_samples: int = 400, seed: int = 0, ta
     area = _survey_area(survey)
     prob = r.problem()
     grid = prob.grid
-    table = run_spectral_table(r) if table is None else table
+    table = r.spectral_table() if table is None else table
     ws = r.weight_samples(max_samples=max_samples, seed=seed)  # the best weights when the run has no spread
     wb = r.best_weights()
     w_all = torch.cat([wb, ws.to(wb.dtype)], 0)  # row 0: best
@@ -485,12 +484,11 @@ def main(argv=None) -> int:
             raise PopsynthError("no run folder", "pass RUN (a folder written by train.py)")
         if args.samples < 1:
             raise PopsynthError(f"--samples {args.samples} must be >= 1", "pass e.g. --samples 400")
-        from .mock import run_spectral_table
         from .results import load_run
 
         surveys = _surveys_from_args(args)
         r = load_run(args.run)
-        table = run_spectral_table(r)
+        table = r.spectral_table()
         out = Path(args.out) if args.out else r.folder / "forecast"
         for s in surveys:
             t0 = time.time()

@@ -89,7 +89,6 @@ __all__ = [
     "MOCK_COLUMNS",
     "FluxCalculator",
     "MockSpec",
-    "run_spectral_table",
     "mock_cube",
     "draw_mock",
     "expected_numbers",
@@ -143,19 +142,6 @@ def _parse_band(text: str) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- the run's pieces
-def run_spectral_table(r, device="cpu"):
-    """The spectral table a run used (from the cache; rebuilt if absent): a SpectralTable.
-
-    ``r`` is a :class:`popsynth.results.RunOutputs`. Same spectral set, draws, seed, spectral
-    model and torus table as the run, on the grid's log N_H cells."""
-    from .spectra.model import build_spectral_table, make_components
-
-    cfg = r.config
-    grid = r.problem(device).grid
-    return build_spectral_table(cfg.spec_set, grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
-                                components=make_components(cfg.spectral_model, cfg.torus_table), device=device)
-
-
 def mock_cube(r, sample: int | None = None):
     """The XLF cube a mock draws from: (phi [nz, nL, nN] numpy float64 in Mpc^-3 dex^-2, weights [15]
     or None, label).
@@ -773,7 +759,7 @@ def make_mock(run_path, out, area_deg2, z_range=None, bands=DEFAULT_BANDS, surve
                     ra0=float(ra0), dec0=float(dec0), max_rows=int(max_rows))
     spec.check()
     phi, w, label = mock_cube(r, sample)
-    table = run_spectral_table(r)
+    table = r.spectral_table()
     meta = {
         "ORIGIN": f"popsynth {__version__}", "POPSYNV": __version__, "RUNDIR": str(r.folder.resolve()),
         "RUNMODE": r.mode, "SPECSET": r.spec_set, "SPDRAWS": int(table.n_draws), "SPSEED": int(r.config.spectra_seed),

@@ -62,7 +62,7 @@ from .errors import PopsynthError
 from .grid import N_BLOCKS, Grid
 from .response import (block_counts_response, counts_response, dndz_response, interp_edges, reverse_cumulative,
                        selected_counts)
-from .spectra.model import SpectralTable
+from .spectra.table import SpectralTable
 from .spectra.primary import KEV_ERG
 from .survey import Survey, _check_band, counts_flux_bins, survey_for_counts, survey_for_ct
 
@@ -110,7 +110,7 @@ def z_range_weights(z, z_range=None) -> np.ndarray:
 def _check_table(table: SpectralTable, grid: Grid) -> None:
     if not isinstance(table, SpectralTable):
         raise PopsynthError(f"expected a SpectralTable, got {type(table).__name__}",
-                            "build one with popsynth.spectra.model.build_spectral_table")
+                            "build one with popsynth.spectra.cache.build_spectral_table")
     if table.lognh.numel() != grid.lognh.size or not np.allclose(table.lognh.cpu().numpy(), grid.lognh):
         raise PopsynthError("the spectral table's log N_H cells differ from the grid's",
                             "build the table with the grid's lognh_edges")

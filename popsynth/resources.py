@@ -40,7 +40,7 @@ def estimate_memory(cfg: RunConfig, device: torch.device | str = "cpu") -> dict:
     on the safe side), for refusing runs that cannot fit, not for planning to the byte.
     """
     from .fit import make_optimizer
-    from .spectra.model import default_energy_grid
+    from .spectra.table import default_energy_grid
 
     device = torch.device(device)
     cell_table = Grid().lognh.size * default_energy_grid().numel() * 8  # one draw's [nN, nE] float64

@@ -115,6 +115,18 @@ class RunOutputs:
             self._problem = build_problem(self.config, torch.device(device), log=log or (lambda *a, **k: None))
         return self._problem
 
+    def spectral_table(self, device: str | torch.device = "cpu"):
+        """The spectral table the run used (from the cache; rebuilt if absent): a
+        :class:`~popsynth.spectra.table.SpectralTable` with ``per_draw`` [D, nN, nE]. Same spectral set,
+        draws, seed, spectral model and torus table as the run, on the grid's log N_H cells."""
+        from .spectra.cache import build_spectral_table
+        from .spectra.registry import make_components
+
+        cfg = self.config
+        grid = self.problem(device).grid
+        return build_spectral_table(cfg.spectral_set, grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
+                                    components=make_components(cfg.spectral_model, cfg.torus_table), device=device)
+
     def cubes(self, weights: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
         """XLF cubes for a batch of weights [N, 15]: [N, nz, nL, nN] Mpc^-3 dex^-2 (float64)."""
         from .xlf import apply_block_weights

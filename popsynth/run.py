@@ -36,7 +36,8 @@ from .posterior_run import build_inference, format_posterior_table, posterior_st
 from .response import intrinsic_block_counts
 from .resources import (CUDA_CONTEXT_BYTES, SETUP_BYTES, _fmt_bytes, available_memory, check_resources,
                         estimate_memory)
-from .spectra.model import build_spectral_table, make_components
+from .spectra.cache import build_spectral_table
+from .spectra.registry import make_components
 
 __all__ = ["RunConfig", "Problem", "build_problem", "run", "load_resume", "check_data", "fit_progress", "FINE_ENERGY", "MODES", "STARTING_XLFS", "RESUME_SAFE", "REQUIRED_FIELDS", "MAX_STARTS",
            "MAX_DRAWS", "MAX_STEPS", "_field_kinds", "_is_kind", "check_resources", "estimate_memory",

@@ -63,7 +63,7 @@ from .cxb import cxb_kernel
 from .errors import PopsynthError
 from .grid import NH_CLASS_NAMES, Grid
 from .observables import SR_PER_DEG2, band_flux_factor, z_range_weights
-from .spectra.model import SpectralTable
+from .spectra.table import SpectralTable
 from .spectra.primary import KEV_ERG
 from .survey import _check_band
 
@@ -90,7 +90,7 @@ class UnresolvedModel:
     """The pieces of a run needed for flux-limited backgrounds.
 
     grid (:class:`~popsynth.grid.Grid`); phi1 [nz, nL, nN] L-weighted starting cube (Mpc^-3 dex^-2);
-    table (:class:`~popsynth.spectra.model.SpectralTable` with ``per_draw`` [D, nN, nE]); cosmology.
+    table (:class:`~popsynth.spectra.table.SpectralTable` with ``per_draw`` [D, nN, nE]); cosmology.
     All block responses are [15, ...]: the background of block k at unit weight.
     """
 
@@ -191,7 +191,8 @@ def build_unresolved_model(run, device="cpu") -> UnresolvedModel:
     """The :class:`UnresolvedModel` of a finished run: its grid, starting cube (L-weighted) and
     spectral table (rebuilt from the cache with the run's spectral set, draws, seed and components)."""
     from .run import STARTING_XLFS
-    from .spectra.model import build_spectral_table, make_components
+    from .spectra.cache import build_spectral_table
+    from .spectra.registry import make_components
 
     cfg = run.config
     grid = Grid()

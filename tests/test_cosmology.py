@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from astropy.cosmology import FlatLambdaCDM
 
-from popsynth.cosmology import MPC_CM, CosmologyParams, distance_tables
+from popsynth.constants import MPC_CM
+from popsynth.cosmology import CosmologyParams, distance_tables
 from popsynth.errors import PopsynthError
 from popsynth.grid import a19_z_nodes
 

@@ -6,12 +6,13 @@ import torch
 from astropy.cosmology import FlatLambdaCDM
 from scipy import integrate
 
-from popsynth.cosmology import MPC_CM
+from popsynth.constants import MPC_CM
 from popsynth.cxb import CXBModel, block_response, cxb_from_cube, cxb_kernel
 from popsynth.errors import PopsynthError
 from popsynth.galaxies import galaxy_cxb_a19
 from popsynth.grid import Grid
-from popsynth.spectra.model import SpectralTable, build_spectral_table
+from popsynth.spectra.cache import build_spectral_table
+from popsynth.spectra.table import SpectralTable
 from popsynth.spectra.primary import primary_spectrum
 from popsynth.xlf import apply_block_weights, build_phi0
 

@@ -9,7 +9,6 @@ from astropy.table import Table
 from popsynth.errors import PopsynthError
 from popsynth.forecast import (_truncate, forecast_survey, list_forecast_surveys, load_survey_index, main,
                                published_numbers, read_area_curve, resolve_survey, write_forecast)
-from popsynth.mock import run_spectral_table
 from popsynth.observables import build_survey_model
 from popsynth.survey import Survey, get_survey
 
@@ -19,7 +18,7 @@ def ctx(tiny_joint_run, tiny_joint_loaded):
     # the session's shared tiny joint-mode run (tests/conftest.py): one chi^2 of CXB + counts + CT
     # fractions, so the best start is fitted to the surveys
     r = tiny_joint_loaded
-    return {"dir": tiny_joint_run, "r": r, "table": run_spectral_table(r), "prob": r.problem()}
+    return {"dir": tiny_joint_run, "r": r, "table": r.spectral_table(), "prob": r.problem()}
 
 
 def test_forecast_equals_survey_model(ctx):

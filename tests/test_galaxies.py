@@ -8,7 +8,8 @@ import torch
 from scipy.integrate import quad
 
 from popsynth.cli import build_parser
-from popsynth.cosmology import MPC_CM, CosmologyParams
+from popsynth.constants import MPC_CM
+from popsynth.cosmology import CosmologyParams
 from popsynth.errors import PopsynthError
 from popsynth.galaxies import (
     GALAXY_MODELS,

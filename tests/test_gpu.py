@@ -137,7 +137,7 @@ def test_spectral_table_and_monte_carlo_on_cuda():
     from popsynth.grid import Grid
     from popsynth.mc.build import build_table
     from popsynth.mc.transport import tabulate_medium
-    from popsynth.spectra.model import build_spectral_table
+    from popsynth.spectra.cache import build_spectral_table
 
     edges = Grid().lognh_edges
     a = build_spectral_table(5, edges, n_draws=2, device=torch.device("cpu"))

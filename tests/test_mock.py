@@ -15,7 +15,7 @@ import torch
 from popsynth import mock
 from popsynth.errors import PopsynthError
 from popsynth.mock import (DEFAULT_BANDS, FluxCalculator, MockSpec, band_column, draw_mock, expected_numbers, main,
-                           make_mock, mock_cube, read_mock, run_spectral_table)
+                           make_mock, mock_cube, read_mock)
 from popsynth.observables import band_flux_factor, build_survey_model, z_range_weights
 from popsynth.survey import FULL_SKY_DEG2, Survey, get_survey
 
@@ -24,7 +24,7 @@ from popsynth.survey import FULL_SKY_DEG2, Survey, get_survey
 def ctx(tiny_joint_run, tiny_joint_loaded):  # the session's shared tiny joint-mode run (tests/conftest.py)
     out, r = tiny_joint_run, tiny_joint_loaded
     prob = r.problem()
-    table = run_spectral_table(r)
+    table = r.spectral_table()
     phi, w, _ = mock_cube(r)
     return {"dir": out, "r": r, "grid": prob.grid, "phi0": prob.phi0, "table": table, "phi": phi}
 

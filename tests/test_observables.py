@@ -19,7 +19,8 @@ import torch
 from astropy.cosmology import FlatLambdaCDM
 from scipy import integrate
 
-from popsynth.cosmology import MPC_CM, distance_tables
+from popsynth.constants import MPC_CM
+from popsynth.cosmology import distance_tables
 from popsynth.data.counts import CTFraction, load_counts, load_ct_fractions
 from popsynth.errors import PopsynthError
 from popsynth.grid import Grid, trapezoid_weights
@@ -32,7 +33,8 @@ from popsynth.observables import (
     ct_fraction_chi2,
     z_range_weights,
 )
-from popsynth.spectra.model import SpectralTable, build_spectral_table
+from popsynth.spectra.cache import build_spectral_table
+from popsynth.spectra.table import SpectralTable
 from popsynth.spectra.primary import primary_spectrum
 from popsynth.survey import Survey, band_flux_ratio, convert_flux, counts_flux_bins, get_survey, list_surveys
 from popsynth.xlf import apply_block_weights, build_phi0

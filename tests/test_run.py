@@ -53,7 +53,7 @@ def test_a19_mode_selects_by_counts_and_ct_fractions(small_run):
 
     from popsynth.constraints import DEFAULT_COUNTS, Constraints
     from popsynth.grid import Grid
-    from popsynth.spectra.model import build_spectral_table
+    from popsynth.spectra.cache import build_spectral_table
     from popsynth.xlf import build_phi0
 
     out, s = small_run

@@ -130,7 +130,7 @@ def load_xlf(path, which: str = "best") -> XLFCube:
         with h5py.File(p, "r") as f:
             if XLF_CUBES[which] not in f:
                 raise PopsynthError(f"{p} has no {which} cube ({XLF_CUBES[which]})",
-                                    "percentile cubes come from runs with --mode posterior; use which='best'")
+                                    "percentile cubes come from runs with `mode` posterior; use which='best'")
             arrs = {k: f[k][()] for k in ("z", "logl", "logl_edges", "lognh", "lognh_edges")}
             arrs["phi"] = f[XLF_CUBES[which]][()]
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
