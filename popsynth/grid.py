@@ -15,8 +15,8 @@ Cell edges include every block boundary (log L = 42, 43, 44, 45; log N_H = 22, 2
 function integrates exactly. (A19's published array samples log L and log N_H at nodes
 linspace(41, 47, 150) and linspace(20, 26, 80); the export writes that layout too.)
 
-Blocks: k = 5 * c + j, with N_H class c = 0 unabsorbed (20-22), 1 Compton-thin (22-24),
-2 Compton-thick (24-26) and luminosity range j over [41,42), [42,43), [43,44), [44,45), [45,47].
+Blocks: defined once in :mod:`popsynth.blocks` (N_H classes unabsorbed 20-22, Compton-thin 22-24,
+Compton-thick 24-26, times the luminosity ranges [41,42), [42,43), [43,44), [44,45), [45,47]).
 """
 
 from __future__ import annotations
