@@ -1,10 +1,20 @@
-"""dtype and device policy, set in one place.
+"""dtype and device policy, set in one place; the one bracketing helper of the interpolators.
 
 Integrals run in float64 (``DTYPE``). Nothing here changes torch's global default dtype.
+
+:func:`bracket` (torch) and :func:`bracket_np` (numpy) find the interval of a sorted node
+array that holds each query point and the linear fraction inside it; every piecewise-linear
+interpolator and integral in popsynth (log-log spectra, N(>S) at the L edges, band fluxes,
+the Green's-function node weights, the unresolved-background moments, the mock's band
+integrals) brackets through them. :func:`node_below` is the raw lookup for interpolants
+that extrapolate past the last node (the selection antiderivative).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 
 from .errors import PopsynthError
@@ -27,13 +37,13 @@ def resolve_device(name: str | torch.device | None = "cpu") -> torch.device:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise PopsynthError(
-            f"unknown device '{name}'", "use --device cpu, cuda, cuda:N, mps or auto"
+            f"unknown device '{name}'", "use `device` cpu, cuda, cuda:N, mps or auto"
         ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise PopsynthError(
                 f"device '{name}' requested but this torch build sees no CUDA GPU",
-                "use --device cpu, or install a CUDA build of torch (see README) on a GPU machine",
+                "use `device` cpu, or install a CUDA build of torch (see README) on a GPU machine",
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise PopsynthError(
@@ -42,13 +52,13 @@ def resolve_device(name: str | torch.device | None = "cpu") -> torch.device:
             )
     elif dev.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise PopsynthError(f"device '{name}' is not available here", "use --device cpu")
+            raise PopsynthError(f"device '{name}' is not available here", "use `device` cpu")
         raise PopsynthError(
             "the MPS backend has no float64 support, which popsynth's integrals need",
-            "use --device cpu or a CUDA GPU",
+            "use `device` cpu or a CUDA GPU",
         )
     elif dev.type != "cpu":
-        raise PopsynthError(f"unsupported device type '{dev.type}'", "use --device cpu or cuda")
+        raise PopsynthError(f"unsupported device type '{dev.type}'", "use `device` cpu or cuda")
     return dev
 
 
@@ -67,12 +77,64 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
     """
     lx = torch.log(x)
     lxp = torch.log(xp)
-    idx = torch.searchsorted(lxp, lx.reshape(-1).contiguous()).clamp(1, lxp.numel() - 1)
-    x0, x1 = lxp[idx - 1], lxp[idx]
-    t = ((lx.reshape(-1) - x0) / (x1 - x0)).clamp(0.0, 1.0)
+    lo, hi, t, _ = bracket(lxp, lx.reshape(-1), right=False)
     lf = torch.log(fp.clamp_min(1e-300))
-    f0 = lf[..., idx - 1]
-    f1 = lf[..., idx]
+    f0 = lf[..., lo]
+    f1 = lf[..., hi]
     out = torch.exp(f0 + (f1 - f0) * t)
     out = torch.where(out < 1e-290, torch.zeros_like(out), out)
     return out.reshape(*fp.shape[:-1], *x.shape)
+
+
+class Bracket(NamedTuple):
+    """The interval of the nodes holding each query point (see :func:`bracket`).
+
+    lo, hi: long (int64 for numpy) node indices, shape of the query, hi = lo + 1, 0 <= lo <= n - 2;
+    width = nodes[hi] - nodes[lo]; frac = (xq - nodes[lo]) / width clamped to [0, 1]
+    (width and frac are None when ``fraction=False``).
+    """
+
+    lo: object
+    hi: object
+    frac: object
+    width: object
+
+
+def node_below(nodes: torch.Tensor, xq: torch.Tensor, *, right: bool = True) -> torch.Tensor:
+    """Index of the last node <= xq (``right`` True) or < xq (``right`` False), -1 below the first node.
+
+    nodes [n] increasing (any dtype), xq any shape. Returns long, shape of xq, values -1 .. n-1
+    (no clamping: callers choose how to treat points outside the nodes).
+    """
+    return torch.searchsorted(nodes, xq.contiguous(), right=right) - 1
+
+
+def bracket(nodes: torch.Tensor, xq: torch.Tensor, *, right: bool = True, fraction: bool = True) -> Bracket:
+    """The node interval [nodes[lo], nodes[hi]] holding each xq, for linear interpolation.
+
+    nodes [n] increasing, n >= 2; xq any shape (same dtype as nodes). ``right``: a point equal to a
+    node k (0 < k < n-1) falls in interval k (True: the node is the interval's left end, frac 0) or
+    interval k - 1 (False: its right end, frac 1); as torch.searchsorted's ``right``.
+    Points below nodes[0] take interval 0, points above nodes[-1] interval n - 2 (frac clamped to
+    0 and 1, so the end values are held). Returns :class:`Bracket` (lo, hi, frac, width); frac and
+    width (same dtype as nodes) only when ``fraction``. The arithmetic is fixed, one operation per
+    line: hi = clamp(searchsorted, 1, n - 1), lo = hi - 1, width = nodes[hi] - nodes[lo],
+    frac = clamp((xq - nodes[lo]) / width, 0, 1); callers rely on its bits.
+    """
+    hi = torch.searchsorted(nodes, xq.contiguous(), right=right).clamp(1, nodes.numel() - 1)
+    lo = hi - 1
+    if not fraction:
+        return Bracket(lo, hi, None, None)
+    width = nodes[hi] - nodes[lo]
+    return Bracket(lo, hi, ((xq - nodes[lo]) / width).clamp(0.0, 1.0), width)
+
+
+def bracket_np(nodes: np.ndarray, xq: np.ndarray, *, right: bool = True, fraction: bool = True) -> Bracket:
+    """:func:`bracket` for numpy arrays (same conventions, same operations): nodes [n] increasing,
+    n >= 2; xq any shape. Returns :class:`Bracket` of int64 indices and float arrays."""
+    hi = np.clip(np.searchsorted(nodes, xq, side="right" if right else "left"), 1, nodes.size - 1)
+    lo = hi - 1
+    if not fraction:
+        return Bracket(lo, hi, None, None)
+    width = nodes[hi] - nodes[lo]
+    return Bracket(lo, hi, np.clip((xq - nodes[lo]) / width, 0.0, 1.0), width)
