@@ -206,13 +206,12 @@ class FluxCalculator:
 
     def _primitive(self, flat_dn: np.ndarray, xq: np.ndarray) -> np.ndarray:
         """integral from x[0] to xq of the linear interpolant of E^2 S in ln E (per source)."""
-        xq = np.clip(xq, self.x[0], self.x[-1])
-        idx = np.clip(np.searchsorted(self.x, xq, side="right"), 1, self.n_e - 1)
-        i0 = idx - 1
-        s = np.clip((xq - self.x[i0]) / self.h[i0], 0.0, 1.0)
+        from ._tensor import bracket_np
+
+        i0, _, s, width = bracket_np(self.x, np.clip(xq, self.x[0], self.x[-1]))  # width = h[i0]
         k = flat_dn * self.n_e + i0
         f0, f1 = self._f_flat[k], self._f_flat[k + 1]
-        return self._cum_flat[k] + self.h[i0] * (s * f0 + 0.5 * s ** 2 * (f1 - f0))
+        return self._cum_flat[k] + width * (s * f0 + 0.5 * s ** 2 * (f1 - f0))
 
     def k_factor(self, band, d: np.ndarray, n: np.ndarray, z: np.ndarray) -> np.ndarray:
         """K = S / L (cm^-2) in ``band`` (keV) for sources (draw d, N_H cell n, redshift z): [len(z)]."""

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor
+from ._tensor import DTYPE, as_tensor, bracket, node_below
 from .cosmology import CosmologyParams, distance_tables
 from .errors import PopsynthError
 from .grid import N_BLOCKS, Grid
@@ -160,12 +160,9 @@ def band_flux_factor(table: SpectralTable, grid: Grid, band_keV, cosmology: Cosm
     cum = torch.cat([torch.zeros_like(f[..., :1]), torch.cumsum(0.5 * h * (f[..., 1:] + f[..., :-1]), -1)], -1)
 
     def primitive(xq):  # integral from x[0] to xq of the linear interpolant, [D, nN, len(xq)]
-        xq = xq.clamp(x[0], x[-1])
-        idx = torch.searchsorted(x, xq, right=True).clamp(1, x.numel() - 1)
-        i0 = idx - 1
-        s = ((xq - x[i0]) / h[i0]).clamp(0.0, 1.0)
+        i0, idx, s, width = bracket(x, xq.clamp(x[0], x[-1]))  # width = h[i0]
         f0, f1 = f[..., i0], f[..., idx]
-        return cum[..., i0] + h[i0] * (s * f0 + 0.5 * s ** 2 * (f1 - f0))
+        return cum[..., i0] + width * (s * f0 + 0.5 * s ** 2 * (f1 - f0))
 
     zt = as_tensor(z, dev)
     band = primitive(math.log(e2) + torch.log1p(zt)) - primitive(math.log(e1) + torch.log1p(zt))  # [D, nN, nz]
@@ -245,7 +242,7 @@ def _selection_antiderivative(survey: Survey, u: torch.Tensor) -> torch.Tensor:
                                     1 + 0.5 * q_seg)
     g_nodes = torch.cat([torch.zeros(1, dtype=DTYPE, device=dev), torch.cumsum(seg, 0)])
     slope_ext = torch.cat([slope, torch.zeros(1, dtype=DTYPE, device=dev)])  # constant above the last point
-    i = torch.searchsorted(uf, u.contiguous(), right=True) - 1
+    i = node_below(uf, u)  # -1 below the first node; the last segment extends above the last node
     ic = i.clamp(0, uf.numel() - 1)
     d = u - uf[ic]
     q = slope_ext[ic] * _LN10 * d

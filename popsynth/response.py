@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor
+from ._tensor import DTYPE, as_tensor, bracket
 from .blocks import BLOCKS
 from .cosmology import CosmologyParams, distance_tables
 from .errors import PopsynthError
@@ -77,10 +77,7 @@ def interp_edges(c: torch.Tensor, edges: torch.Tensor, t: torch.Tensor):
 
     c [B, M, nL+1]; edges [nL+1]; t [M, S]. Returns (value, slope), each [B, M, S].
     """
-    idx = torch.searchsorted(edges, t.contiguous(), right=True).clamp(1, edges.numel() - 1)
-    i0 = idx - 1
-    width = edges[idx] - edges[i0]
-    s = ((t - edges[i0]) / width).clamp(0.0, 1.0)
+    i0, idx, s, width = bracket(edges, t)
     shape = (c.shape[0],) + tuple(t.shape)
     c0 = torch.gather(c, -1, i0.expand(shape))
     c1 = torch.gather(c, -1, idx.expand(shape))
@@ -165,10 +162,7 @@ def _whole_counts(c: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor, wz
     step = max(1, _CHUNK_ELEMENTS // max(1, b * m * ns))
     for d0 in range(0, dk, step):
         t = (logs - log_k[d0:d0 + step].reshape(-1, m, 1)).contiguous()  # [Dc, M, nS]
-        idx = torch.searchsorted(edges, t, right=True).clamp(1, edges.numel() - 1)
-        i0 = idx - 1
-        width = edges[idx] - edges[i0]
-        s = ((t - edges[i0]) / width).clamp(0.0, 1.0)
+        i0, idx, s, width = bracket(edges, t)
         shape = (b,) + tuple(t.shape)
         cx = c[:, None].expand(b, t.shape[0], m, c.shape[-1])
         c0, c1 = torch.gather(cx, -1, i0.expand(shape)), torch.gather(cx, -1, idx.expand(shape))  # [B, Dc, M, nS]

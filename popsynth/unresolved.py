@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor
+from ._tensor import DTYPE, as_tensor, bracket
 from .cosmology import CosmologyParams, distance_tables
 from .blocks import BLOCKS
 from .cxb import cxb_kernel
@@ -115,8 +115,7 @@ class UnresolvedModel:
         out = []
         for a, b in self._ranges:
             tt = t.clamp(a, b).contiguous()
-            idx = torch.searchsorted(edges, tt, right=True).clamp(1, edges.numel() - 1)
-            i0 = idx - 1
+            i0, idx, _, _ = bracket(edges, tt, fraction=False)
             lo, hi = edges[i0], edges[idx]
             frac = (10.0 ** (tt - hi) - 10.0 ** (lo - hi)) / (1.0 - 10.0 ** (lo - hi))  # f(t) inside the cell
             c0 = torch.gather(cum.expand(t.shape[:-2] + cum.shape), -1, i0[..., None])[..., 0]

@@ -18,6 +18,7 @@ import warnings
 
 import torch
 
+from .._tensor import bracket
 from ..errors import PopsynthError
 from ..physics import crosssections as xs
 from .table import GreensTable, Reprocessed
@@ -45,9 +46,8 @@ def _bracket(nodes: torch.Tensor, x: torch.Tensor, name: str, out_of_grid: str):
     if n == 1:
         z = torch.zeros_like(x, dtype=torch.long)
         return z, z, torch.zeros_like(x)
-    i0 = (torch.searchsorted(nodes, x.contiguous(), right=True) - 1).clamp(0, n - 2)
-    w1 = ((x - nodes[i0]) / (nodes[i0 + 1] - nodes[i0])).clamp(0.0, 1.0)
-    return i0, i0 + 1, w1
+    i0, i1, w1, _ = bracket(nodes, x)
+    return i0, i1, w1
 
 
 def _inclination_weights(cos_edges: torch.Tensor, split: int, ci: torch.Tensor):
