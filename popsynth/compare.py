@@ -103,32 +103,24 @@ def load_binned_xlf(name: str, data_dir=None) -> dict:
     ``log_l`` (log10 erg/s, intrinsic rest-frame 2-10 keV), ``phi``, ``err_lo``, ``err_hi``
     (dPhi/dlog L in Mpc^-3 dex^-1, h = 0.7, Compton-thin AGN; errors are 1-sigma distances) and
     ``selection`` (str [n]: "hard"/"soft" for U14, "hard" for Miyaji et al. 2015).
-    A missing or damaged file, a unit other than the expected one, a non-positive value or a row
-    count that differs from the header's ``n_points`` raises PopsynthError.
+    Read through :func:`popsynth.io.ecsv.read_ecsv`: ``phi`` and its errors are converted to Mpc^-3
+    (per dex). A missing or damaged file, a missing column, a unit not convertible to Mpc^-3, a
+    non-positive value or a row count that differs from the header's ``n_points`` raises PopsynthError.
     """
-    from astropy.table import Table
+    from .io.ecsv import read_ecsv
 
     path = binned_xlf_path(name, data_dir)
     fix = "regenerate it with 'python data/xlf_binned/make_xlf_binned_tables.py'"
-    if not path.is_file():
-        raise PopsynthError(f"binned XLF file {path} not found", fix)
-    try:
-        t = Table.read(path, format="ascii.ecsv")
-    except Exception as exc:  # astropy raises many types; the user gets one line
-        raise PopsynthError(f"binned XLF file {path} is not a readable ECSV table ({type(exc).__name__})", fix) from None
+    t = read_ecsv(path, label="binned XLF file", fix=fix)
     need = ("z_lo", "z_hi", "log_l", "phi", "err_lo", "err_hi")
-    missing = [c for c in need if c not in t.colnames]
-    if missing:
-        raise PopsynthError(f"binned XLF file {path} lacks column(s) {missing}", fix)
-    for c in ("phi", "err_lo", "err_hi"):
-        if t[c].unit is None or t[c].unit.to_string() not in ("1 / Mpc3", "Mpc-3"):
-            raise PopsynthError(f"binned XLF file {path}: column {c} has unit {t[c].unit}, expected Mpc-3 (per dex)", fix)
-    out = {c: np.asarray(t[c], dtype=np.float64) for c in need}
+    t.require_columns(need)
+    # phi and its errors per dex in Mpc^-3 (converted); z and log L as stored
+    out = {c: t.column(c, "Mpc-3" if c in ("phi", "err_lo", "err_hi") else None) for c in need}
     if t.meta.get("n_points") is not None and int(t.meta["n_points"]) != len(t):
-        raise PopsynthError(f"binned XLF file {path} has {len(t)} rows, its header declares {t.meta['n_points']}", fix)
+        raise t.fail(f"{len(t)} rows, its header declares {t.meta['n_points']}")
     if not all(np.all(np.isfinite(v)) for v in out.values()) or np.any(out["phi"] <= 0) \
             or np.any(out["err_lo"] <= 0) or np.any(out["err_hi"] <= 0) or np.any(out["z_hi"] <= out["z_lo"]):
-        raise PopsynthError(f"binned XLF file {path} has non-finite, non-positive or inverted values", fix)
+        raise t.fail("non-finite, non-positive or inverted values")
     out["selection"] = np.asarray(t["selection"], dtype=str) if "selection" in t.colnames else np.full(len(t), "hard")
     out.update(name=name, label=str(t.meta.get("label", name)), paper=str(t.meta.get("paper", "")), path=str(path))
     return out
@@ -335,23 +327,17 @@ def cxb_data(run) -> dict:
     list of dicts (name, label, energy, intensity, err_lo, err_hi) of the run's CXB data sets
     (points used in the fit).
     """
-    from astropy.table import Table
-
     from .data.cxb import load_cxb
     from .io import RUN_FILES
+    from .io.ecsv import read_ecsv
 
     path = run.folder / RUN_FILES.get("cxb_table", "cxb_model.ecsv")
-    if not path.is_file():
-        raise PopsynthError(f"{path} not found", "pass a run folder written by train.py (it writes cxb_model.ecsv)")
-    try:
-        t = Table.read(path, format="ascii.ecsv")
-    except Exception as exc:
-        raise PopsynthError(f"{path} is not a readable ECSV table ({type(exc).__name__})", "re-run train.py") from None
+    t = read_ecsv(path, label="model CXB file", fix="re-run train.py to rewrite it",
+                  missing_fix="pass a run folder written by train.py (it writes cxb_model.ecsv)")
     need = ("energy", "total") + CXB_COMPONENTS
-    missing = [c for c in need if c not in t.colnames]
-    if missing:
-        raise PopsynthError(f"{path} lacks column(s) {missing}", "re-run train.py to rewrite it")
-    out = {c: np.asarray(t[c], dtype=np.float64) for c in t.colnames if c in need or c.startswith("total_p")}
+    t.require_columns(need)
+    out = {c: t.column(c, "keV" if c == "energy" else "keV2 / (cm2 s keV sr)")
+           for c in t.colnames if c in need or c.startswith("total_p")}
     out["data"] = [{"name": d.name, "label": d.label, "energy": d.energy, "intensity": d.intensity,
                     "err_lo": d.err_lo, "err_hi": d.err_hi} for d in load_cxb(run.config.datasets)]
     return out
@@ -603,6 +589,7 @@ def write_figures(run_folder, out, which=FIGURES, max_samples: int | None = 200,
 
     Returns the paths written."""
     from .io import atomic_write
+    from .io.ecsv import write_ecsv
     from .results import load_run
 
     bad = [w for w in which if w not in FIGURES]
@@ -630,10 +617,10 @@ def write_figures(run_folder, out, which=FIGURES, max_samples: int | None = 200,
         tpath = outp / f"{name}.ecsv"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            atomic_write(tpath, lambda tmp, table=table: table.write(tmp, format="ascii.ecsv", overwrite=True))
+            write_ecsv(tpath, table)
         fig = PLOTS[name](data)
         fpath = outp / f"{name}.{fmt}"
-        fig.savefig(fpath, dpi=dpi)
+        atomic_write(fpath, lambda tmp, fig=fig: fig.savefig(tmp, dpi=dpi, format=fmt))
         plt.close(fig)
         written += [fpath, tpath]
         log(f"wrote {fpath} and {tpath}")

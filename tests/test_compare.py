@@ -76,6 +76,54 @@ def test_binned_xlf_errors(tmp_path):
         compare.load_binned_xlf("ueda14", data_dir=tmp_path)
 
 
+def test_binned_xlf_read_through_io_ecsv(tmp_path):
+    """phi and its errors are converted to Mpc^-3 from an equivalent unit; a wrong unit or a missing
+    column is a one-line error naming the file and column."""
+    ref = compare.load_binned_xlf("ueda14")
+    (tmp_path / "xlf_binned").mkdir()
+    t = Table.read(compare.binned_xlf_path("ueda14"), format="ascii.ecsv")
+    for c in ("phi", "err_lo", "err_hi"):
+        t[c] = t[c].to("Gpc-3")
+    t.write(compare.binned_xlf_path("ueda14", tmp_path), format="ascii.ecsv")
+    got = compare.load_binned_xlf("ueda14", data_dir=tmp_path)
+    for c in ("phi", "err_lo", "err_hi"):
+        np.testing.assert_allclose(got[c], ref[c], rtol=1e-14)
+    for c in ("z_lo", "z_hi", "log_l"):
+        assert np.array_equal(got[c], ref[c])
+    assert list(got["selection"]) == list(ref["selection"]) and got["label"] == ref["label"]
+    t["phi"].unit = "deg2"
+    t.write(compare.binned_xlf_path("ueda14", tmp_path), format="ascii.ecsv", overwrite=True)
+    with pytest.raises(PopsynthError, match=r"binned XLF file .*: column 'phi' has wrong unit 'deg2'") as err:
+        compare.load_binned_xlf("ueda14", data_dir=tmp_path)
+    assert "\n" not in str(err.value)
+    t.remove_column("err_hi")
+    t.write(compare.binned_xlf_path("ueda14", tmp_path), format="ascii.ecsv", overwrite=True)
+    with pytest.raises(PopsynthError, match=r"missing column\(s\) err_hi"):
+        compare.load_binned_xlf("ueda14", data_dir=tmp_path)
+
+
+def test_cxb_data_checks_the_model_table(loaded, tmp_path):
+    """cxb_data reads cxb_model.ecsv through io.ecsv: columns in keV and keV^2 cm^-2 s^-1 keV^-1 sr^-1."""
+    import shutil
+    from types import SimpleNamespace
+
+    d = compare.cxb_data(loaded)
+    t = Table.read(loaded.folder / "cxb_model.ecsv", format="ascii.ecsv")
+    assert np.array_equal(d["energy"], np.asarray(t["energy"], dtype=np.float64))
+    assert np.array_equal(d["total"], np.asarray(t["total"], dtype=np.float64))
+    fake = SimpleNamespace(folder=tmp_path, config=loaded.config)
+    with pytest.raises(PopsynthError, match="model CXB file .*: file not found.*pass a run folder written by train.py"):
+        compare.cxb_data(fake)
+    shutil.copy(loaded.folder / "cxb_model.ecsv", tmp_path / "cxb_model.ecsv")
+    t["energy"] = t["energy"].to("eV")
+    t.write(tmp_path / "cxb_model.ecsv", format="ascii.ecsv", overwrite=True)
+    np.testing.assert_allclose(compare.cxb_data(fake)["energy"], d["energy"], rtol=1e-15)
+    t.remove_column("galaxies")
+    t.write(tmp_path / "cxb_model.ecsv", format="ascii.ecsv", overwrite=True)
+    with pytest.raises(PopsynthError, match=r"missing column\(s\) galaxies"):
+        compare.cxb_data(fake)
+
+
 # ------------------------------------------------------------------ figure data
 def _thin_sum(cube, grid, iz):
     """Hand sum over the log N_H cells of 20-24: cube [B, nz, nL, nN] -> [B, nL] at z index iz."""
