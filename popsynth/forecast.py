@@ -83,31 +83,41 @@ def _surveys_dir(data_dir=None) -> Path:
 
 def read_area_curve(path) -> tuple[np.ndarray, np.ndarray]:
     """An area curve from an ECSV (or any astropy-readable table) with columns ``flux``
-    (erg cm^-2 s^-1; unit converted when given) and ``area`` (deg^2): (flux [n], area [n])."""
-    import astropy.units as u
-    from astropy.table import Table
+    (erg cm^-2 s^-1; unit converted when given) and ``area`` (deg^2; likewise): (flux [n], area [n]),
+    float64. ECSV files are read by :func:`popsynth.io.ecsv.read_ecsv`; columns without a unit are
+    taken as they are."""
+    from .io.ecsv import EcsvTable, read_ecsv
 
     p = Path(path)
-    if not p.exists():
-        raise PopsynthError(f"area-curve file {p} not found", "pass an ECSV with columns flux and area")
-    try:
-        t = Table.read(p, format="ascii.ecsv") if p.suffix.lower() == ".ecsv" else Table.read(p)
-    except Exception as exc:  # astropy raises many types; the user gets one line
-        raise PopsynthError(f"area-curve file {p} is not a readable table ({type(exc).__name__})",
-                            "write it as ECSV with columns flux (erg cm-2 s-1) and area (deg2)") from None
-    if "flux" not in t.colnames or "area" not in t.colnames:
-        raise PopsynthError(f"area-curve file {p} lacks a 'flux' or 'area' column (has {t.colnames})",
-                            "name the columns flux (erg cm-2 s-1) and area (deg2)")
+    label, fix = "area-curve file", "write it as ECSV with columns flux (erg cm-2 s-1) and area (deg2)"
+    if p.suffix.lower() == ".ecsv":
+        t = read_ecsv(p, label=label, fix=fix, missing_fix="pass an ECSV with columns flux and area")
+    else:
+        from astropy.table import Table
+
+        if not p.exists():
+            raise PopsynthError(f"{label} {p}: file not found", "pass an ECSV with columns flux and area")
+        try:
+            t = EcsvTable(Table.read(p), p, label, fix)
+        except Exception as exc:  # astropy raises many types; the user gets one line
+            raise PopsynthError(f"{label} {p}: not a readable table ({type(exc).__name__})", fix) from None
+    if "flux" not in t or "area" not in t:
+        raise t.fail(f"lacks a 'flux' or 'area' column (has {t.colnames})",
+                     "name the columns flux (erg cm-2 s-1) and area (deg2)")
 
     def col(name, unit):
-        c = t[name]
-        try:
-            return np.asarray(c.quantity.to_value(unit) if c.unit is not None else c, dtype=np.float64)
-        except (u.UnitConversionError, TypeError, ValueError):
-            raise PopsynthError(f"area-curve column {name} of {p} has unit {c.unit}, not convertible to {unit}",
-                                f"give {name} in {unit}") from None
+        return t.column(name, unit if t[name].unit is not None else None,
+                        fixes={"wrong_unit": f"give {name} in {unit}"})
 
-    return col("flux", u.Unit("erg cm-2 s-1")), col("area", u.deg ** 2)
+    return col("flux", "erg cm-2 s-1"), col("area", "deg2")
+
+
+def _read_index(surveys_dir: Path):
+    """The survey index ``surveys_dir/surveys.ecsv`` (an :class:`~popsynth.io.ecsv.EcsvTable`)."""
+    from .io.ecsv import read_ecsv
+
+    return read_ecsv(surveys_dir / SURVEY_INDEX, label="survey index",
+                     fix="regenerate it with 'python data/surveys/make_survey_tables.py'")
 
 
 def load_survey_index(data_dir=None) -> dict[str, Survey]:
@@ -115,25 +125,19 @@ def load_survey_index(data_dir=None) -> dict[str, Survey]:
 
     Each Survey's ``reference`` holds the paper(s), ``label`` the description; the published
     number of sources, where the index has one, is in :func:`published_numbers`."""
-    from astropy.table import Table
-
     d = _surveys_dir(data_dir)
-    path = d / SURVEY_INDEX
-    try:
-        t = Table.read(path, format="ascii.ecsv")
-    except FileNotFoundError:
-        raise PopsynthError(f"survey index {path} not found",
-                            "regenerate it with 'python data/surveys/make_survey_tables.py'") from None
-    except Exception as exc:
-        raise PopsynthError(f"survey index {path} is not a readable ECSV table ({type(exc).__name__})",
-                            "regenerate it with 'python data/surveys/make_survey_tables.py'") from None
+    t = _read_index(d)
     if len(t) != int(t.meta.get("n_points", -1)):
-        raise PopsynthError(f"survey index {path} has {len(t)} rows, its header says {t.meta.get('n_points')}",
-                            "regenerate it with 'python data/surveys/make_survey_tables.py'")
+        raise t.fail(f"{len(t)} rows, its header says {t.meta.get('n_points')}")
+    t.require_columns(("name", "label", "band_lo", "band_hi", "flux_limit", "area", "z_lo", "z_hi", "area_curve",
+                       "reference"))
+    band_lo, band_hi = t.column("band_lo", "keV"), t.column("band_hi", "keV")
+    flux_limit, area = t.column("flux_limit", "erg cm-2 s-1"), t.column("area", "deg2")
+    z_lo, z_hi = t.column("z_lo"), t.column("z_hi")
     out = {}
-    for row in t:
-        zl, zh = float(row["z_lo"]), float(row["z_hi"])
-        common = dict(name=str(row["name"]), band_keV=(float(row["band_lo"]), float(row["band_hi"])),
+    for i, row in enumerate(t.table):
+        zl, zh = float(z_lo[i]), float(z_hi[i])
+        common = dict(name=str(row["name"]), band_keV=(float(band_lo[i]), float(band_hi[i])),
                       z_range=None if math.isnan(zl) else (zl, zh), reference=str(row["reference"]),
                       label=str(row["label"]))
         curve = str(row["area_curve"]).strip()
@@ -141,17 +145,15 @@ def load_survey_index(data_dir=None) -> dict[str, Survey]:
             f, a = read_area_curve(d / curve)
             out[common["name"]] = Survey(area_flux=f, area_deg2=a, **common)
         else:
-            out[common["name"]] = Survey(flux_limit=float(row["flux_limit"]), area=float(row["area"]), **common)
+            out[common["name"]] = Survey(flux_limit=float(flux_limit[i]), area=float(area[i]), **common)
     return out
 
 
 def published_numbers(data_dir=None) -> dict[str, tuple[float, str, str]]:
     """{name: (published number of sources, what it counts, reference)} for index rows that have one."""
-    from astropy.table import Table
-
-    t = Table.read(_surveys_dir(data_dir) / SURVEY_INDEX, format="ascii.ecsv")
+    t = _read_index(_surveys_dir(data_dir))
     return {str(r["name"]): (float(r["n_published"]), str(r["n_published_note"]), str(r["reference"]))
-            for r in t if np.isfinite(float(r["n_published"]))}
+            for r in t.table if np.isfinite(float(r["n_published"]))}
 
 
 def list_forecast_surveys(data_dir=None) -> list[str]:
@@ -300,6 +302,8 @@ def write_forecast(fc: Forecast, out_dir, name: str | None = None) -> list[Path]
     import astropy.units as u
     from astropy.table import Table
 
+    from .io.ecsv import write_ecsv
+
     name = name or fc.survey.name
     out = Path(out_dir)
     try:
@@ -314,7 +318,7 @@ def write_forecast(fc: Forecast, out_dir, name: str | None = None) -> list[Path]
     def write(t, suffix):
         t.meta.update(meta)
         p = out / f"{name}_{suffix}.ecsv"
-        t.write(p, format="ascii.ecsv", overwrite=True)
+        write_ecsv(p, t)
         paths.append(p)
 
     rows = []
@@ -397,9 +401,12 @@ def plot_forecast(fc: Forecast, path, name: str | None = None):
                  f"{fc.provenance['n_weight_samples']} weight samples ({fc.provenance['uncertainty']})")
     a.text(0, 1, "\n".join(lines), va="top", fontsize=9, wrap=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .io.files import atomic_write
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png"))
     plt.close(fig)
-    return Path(path)
+    return path
 
 
 # ----------------------------------------------------------------------------- command line

@@ -120,6 +120,35 @@ def test_read_area_curve_errors(tmp_path):
         read_area_curve(tmp_path / "none.ecsv")
 
 
+def test_read_area_curve_units(tmp_path):
+    """ECSV through io.ecsv: units converted (W m^-2 -> erg cm^-2 s^-1, arcmin^2 -> deg^2); columns
+    without a unit taken as they are; a non-ECSV astropy table is read too; a wrong unit is one line."""
+    import astropy.units as u
+
+    flux, area = np.array([1e-15, 1e-14, 1e-13]), np.array([0.01, 0.5, 2.0])
+    p = tmp_path / "c.ecsv"
+    Table({"flux": flux * u.Unit("erg cm-2 s-1"), "area": area * u.deg ** 2}).write(p, format="ascii.ecsv")
+    f, a = read_area_curve(p)
+    assert np.array_equal(f, flux) and np.array_equal(a, area) and f.dtype == np.float64
+    Table({"flux": (flux * u.Unit("erg cm-2 s-1")).to("W m-2"), "area": (area * u.deg ** 2).to("arcmin2")}).write(
+        p, format="ascii.ecsv", overwrite=True)
+    f, a = read_area_curve(p)
+    np.testing.assert_allclose(f, flux, rtol=1e-14)
+    np.testing.assert_allclose(a, area, rtol=1e-14)
+    Table({"flux": flux, "area": area}).write(p, format="ascii.ecsv", overwrite=True)
+    f, a = read_area_curve(p)
+    assert np.array_equal(f, flux) and np.array_equal(a, area)
+    Table({"flux": flux * u.Unit("erg cm-2 s-1"), "area": area * u.deg ** 2}).write(tmp_path / "c.fits")
+    f, a = read_area_curve(tmp_path / "c.fits")
+    assert np.array_equal(f, flux) and np.array_equal(a, area)
+    Table({"flux": flux * u.keV, "area": area * u.deg ** 2}).write(p, format="ascii.ecsv", overwrite=True)
+    with pytest.raises(PopsynthError, match="area-curve file .*: column 'flux' has wrong unit 'keV'.*give flux in erg"):
+        read_area_curve(p)
+    p.write_text("# %ECSV 1.0\n# ---\n# broken: [\n")
+    with pytest.raises(PopsynthError, match="not a readable ECSV table"):
+        read_area_curve(p)
+
+
 def test_cli_writes_table_and_figure(ctx, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "fc"
