@@ -41,7 +41,6 @@ Bolometric corrections (:data:`KBOL_MODELS`):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -178,15 +177,13 @@ def accreted_mass_density(z, psi, cosmology: CosmologyParams = CosmologyParams()
 
 # ---------------------------------------------------------------------------- literature
 def load_literature(name: str):
-    """A table of data/literature_products (astropy Table, units and provenance in ``meta``)."""
-    from astropy.table import Table
-
+    """A table of data/literature_products (astropy Table, units and provenance in ``meta``), read by
+    :func:`popsynth.io.ecsv.read_ecsv` (a missing or damaged file is a one-line PopsynthError)."""
+    from .io.ecsv import read_ecsv
     from .paths import data_dir
 
     path = data_dir() / "literature_products" / f"{name}.ecsv"
-    if not path.exists():
-        raise PopsynthError(f"literature table {path} not found", "reinstall popsynth or set POPSYNTH_DATA to a full data/ copy")
-    return Table.read(path, format="ascii.ecsv")
+    return read_ecsv(path, label="literature table", fix="reinstall popsynth or set POPSYNTH_DATA to a full data/ copy").table
 
 
 # ---------------------------------------------------------------------------- from a run
@@ -289,8 +286,12 @@ def summary_numbers(res: dict) -> dict:
 
 
 def write_outputs(run, res: dict, out: Path, xlf_faint: dict | None = None) -> dict:
-    """Write bhad.ecsv, faint_end_xlf.ecsv (if given) and bhad_summary.json into ``out``; returns the summary."""
+    """Write bhad.ecsv, faint_end_xlf.ecsv (if given) and bhad_summary.json into ``out`` (each atomically);
+    returns the summary."""
     from astropy.table import Table
+
+    from .io.ecsv import write_ecsv
+    from .io.files import write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +315,7 @@ def write_outputs(run, res: dict, out: Path, xlf_faint: dict | None = None) -> d
     t.meta.update({"product": "popsynth bhad", **_provenance(run), "kbol_model": res["kbol_model"],
                    "kbol_constant": res["kbol_constant"], "eps": res["eps"], "n_samples": res["n_samples"],
                    "definition": "Psi = (1-eps)/(eps c^2) int K_bol(L) L phi dlogL dlogNH; rho(z) = int_z^5 Psi |dt/dz| dz"})
-    t.write(out / "bhad.ecsv", format="ascii.ecsv", overwrite=True)
+    write_ecsv(out / "bhad.ecsv", t)
     if xlf_faint is not None:
         f = Table()
         rows_z = np.repeat(xlf_faint["z"], len(xlf_faint["logl"]))
@@ -327,9 +328,9 @@ def write_outputs(run, res: dict, out: Path, xlf_faint: dict | None = None) -> d
             f[f"phi_{p}"].unit = "1 / Mpc3"
             f[f"phi_{p}"].description = f"dN/(dV_c dlogL) per dex, all N_H, {p} over weight samples"
         f.meta.update({"product": "popsynth bhad faint-end XLF", **_provenance(run)})
-        f.write(out / "faint_end_xlf.ecsv", format="ascii.ecsv", overwrite=True)
+        write_ecsv(out / "faint_end_xlf.ecsv", f)
     summ = {"provenance": _provenance(run), **summary_numbers(res)}
-    (out / "bhad_summary.json").write_text(json.dumps(summ, indent=2))
+    write_json(out / "bhad_summary.json", summ)
     return summ
 
 
@@ -393,8 +394,10 @@ def plot_bhad(res: dict, path: Path) -> Path:
     a2.set_ylabel(r"$\rho_{BH}$ [M$_\odot$ Mpc$^{-3}$]")
     a2.legend(fontsize=6.5)
     fig.tight_layout()
+    from .io.files import atomic_write
+
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix[1:] or "png"))
     plt.close(fig)
     return path
 

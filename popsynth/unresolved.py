@@ -47,7 +47,6 @@ N_H = 1e21-1e23 at z = 1 and 3, Galactic column 1.72e20) is computed the same wa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -330,10 +329,12 @@ def _band_name(b) -> str:
 def write_outputs(run, model: UnresolvedModel, weights: torch.Tensor, out: Path, s_lims=None,
                   spectrum_limit: float = 1e-16, spectrum_band=(0.5, 2.0), nh_gal: float = LI2019_GALACTIC_NH,
                   figure: bool = True) -> dict:
-    """Compute everything and write the tables, JSON summary and figure; returns the summary."""
+    """Compute everything and write the tables, JSON summary and figure (each file atomically); returns the summary."""
     from astropy.table import Table
 
     from .bhad import load_literature
+    from .io.ecsv import write_ecsv
+    from .io.files import write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -356,7 +357,7 @@ def write_outputs(run, model: UnresolvedModel, weights: torch.Tensor, out: Path,
         summ["total_agn_intensity"][_band_name(band)] = {"p50": float(np.median(c["total"])),
                                                          "unit": "erg / (s cm2 deg2)"}
     t.meta.update(prov)
-    t.write(out / "resolved_fraction.ecsv", format="ascii.ecsv", overwrite=True)
+    write_ecsv(out / "resolved_fraction.ecsv", t)
     lit = load_literature("resolved_fractions")
     for r in lit:
         band, sel = (float(r["band_lo"]), float(r["band_hi"])), (float(r["sel_band_lo"]), float(r["sel_band_hi"]))
@@ -398,7 +399,7 @@ def write_outputs(run, model: UnresolvedModel, weights: torch.Tensor, out: Path,
         sp[f"total_agn_{p}"].unit = unit
         sp[f"total_agn_{p}"].description = f"E^2 dN/dE of all AGN (the CXB model's AGN part), {p}"
     sp.meta.update({**prov, "selection_band_keV": list(spectrum_band), "flux_limit": spectrum_limit})
-    sp.write(out / "unresolved_spectrum.ecsv", format="ascii.ecsv", overwrite=True)
+    write_ecsv(out / "unresolved_spectrum.ecsv", sp)
     # Li et al. 2019 hardness ratios
     hr_rows = li2019_hardness(model, weights, nh_gal)
     ht = Table()
@@ -414,14 +415,14 @@ def write_outputs(run, model: UnresolvedModel, weights: torch.Tensor, out: Path,
                 ht[col] = q[:, j]
                 ht[col].description = f"HR{i + 1} of the unresolved AGN photon intensity ({desc}), {p}"
     ht.meta.update({**prov, "definition": "Li et al. 2019 eqs. 8-10 with band photon intensities of the unresolved AGN light"})
-    ht.write(out / "li2019_hardness.ecsv", format="ascii.ecsv", overwrite=True)
+    write_ecsv(out / "li2019_hardness.ecsv", ht)
     summ["li2019_hardness"] = {r["field"]: {"s_lim": r["s_lim"],
                                             **{f"hr{i + 1}_p50": float(np.median(r["hr"][:, i])) for i in range(3)},
                                             **{f"hr{i + 1}_nogal_p50": float(np.median(r["hr_nogal"][:, i])) for i in range(3)}}
                                for r in hr_rows}
     summ["li2019_measured"] = li2019_measured()
     summ["li2019_powerlaw_grid"] = powerlaw_hr_grid(nh_gal=nh_gal)
-    (out / "unresolved_summary.json").write_text(json.dumps(summ, indent=2))
+    write_json(out / "unresolved_summary.json", summ)
     if figure:
         plot_unresolved(curves, sp, summ, out / "unresolved.png")
     return summ
@@ -474,9 +475,12 @@ def plot_unresolved(curves: dict, spectrum, summ: dict, path: Path) -> Path:
     ax[2].set_ylabel("HR2")
     ax[2].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .io.files import atomic_write
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix[1:] or "png"))
     plt.close(fig)
-    return Path(path)
+    return path
 
 
 # ---------------------------------------------------------------------------- command line

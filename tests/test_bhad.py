@@ -135,3 +135,26 @@ def test_figure(tiny, tmp_path):
     res = compute_bhad(tiny, max_samples=2)
     p = plot_bhad(res, tmp_path / "bhad.png")
     assert p.stat().st_size > 10000
+
+
+def test_load_literature_through_io_ecsv(tmp_path, monkeypatch):
+    """Literature tables are read by io.ecsv: an astropy Table with units and meta; a missing or damaged
+    file is a one-line PopsynthError naming it."""
+    t = load_literature("local_bh_mass_density")
+    assert len(t) == 3 and t["rho"].unit is not None and t.meta
+    monkeypatch.setenv("POPSYNTH_DATA", str(tmp_path))
+    with pytest.raises(PopsynthError, match="literature table .*vito2016_bhad.ecsv: file not found"):
+        load_literature("vito2016_bhad")
+    (tmp_path / "literature_products").mkdir()
+    (tmp_path / "literature_products" / "vito2016_bhad.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype: [\n")
+    with pytest.raises(PopsynthError, match="literature table .*: not a readable ECSV table") as err:
+        load_literature("vito2016_bhad")
+    assert "\n" not in str(err.value)
+
+
+def test_outputs_written_atomically(tiny, tmp_path):
+    """bhad.ecsv, faint_end_xlf.ecsv and the summary go through io (no temporary file left; JSON ends in a newline)."""
+    assert main([str(tiny.folder), "--out", str(tmp_path), "--max-samples", "2", "--no-figure"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["bhad.ecsv", "bhad_summary.json", "faint_end_xlf.ecsv"]
+    assert (tmp_path / "bhad_summary.json").read_text().endswith("}\n")
