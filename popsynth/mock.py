@@ -682,12 +682,17 @@ def write_mock(chunks, path, bands, meta: dict) -> int:
 
 
 def read_mock(path):
-    """A written mock catalogue as an astropy Table (FITS or ECSV), header in ``table.meta``."""
-    from astropy.table import Table
+    """A written mock catalogue as an astropy Table (FITS or ECSV), header in ``table.meta``.
 
+    ECSV files are read by :func:`popsynth.io.ecsv.read_ecsv` (a missing or damaged file is a
+    one-line PopsynthError)."""
     p = Path(path)
     if p.suffix.lower() == ".ecsv":
-        return Table.read(p, format="ascii.ecsv")
+        from .io.ecsv import read_ecsv
+
+        return read_ecsv(p, label="mock catalogue", fix="write it again with popsynth mock").table
+    from astropy.table import Table
+
     return Table.read(p, hdu=1)
 
 

@@ -222,3 +222,13 @@ def test_missing_run(tmp_path, capsys):
 
 def test_band_column_names():
     assert [band_column(b) for b in DEFAULT_BANDS] == ["flux_0p5_2", "flux_2_10", "flux_2_8", "flux_8_24", "flux_14_195"]
+
+
+def test_read_mock_ecsv_errors(tmp_path):
+    """read_mock's ECSV branch reads through io.ecsv: a missing or damaged file is a one-line PopsynthError."""
+    with pytest.raises(PopsynthError, match="mock catalogue .*none.ecsv: file not found"):
+        read_mock(tmp_path / "none.ecsv")
+    (tmp_path / "bad.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype: [\n")
+    with pytest.raises(PopsynthError, match="mock catalogue .*bad.ecsv: not a readable ECSV table") as err:
+        read_mock(tmp_path / "bad.ecsv")
+    assert "\n" not in str(err.value)
