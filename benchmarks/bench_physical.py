@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--rebuild", action="store_true", help="also time one exact rebuild of a node")
+    ap.add_argument("--emulator-error", action="store_true",
+                    help="also measure the emulator against direct builds: the tensor grid at the 8 octant centres "
+                         "(off the nodes in every hyperparameter) and the first-order alternative at the 8 corners")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -71,10 +74,7 @@ def main(argv=None) -> int:
     def contractions():
         if em is None:
             return ks.features(phi, phi1, sparse=True)
-        m = torch.einsum("bzlk,l->bzk", phi1, ks.lw)
-        xc = torch.einsum("bzk,czke->bce", m, em.k_cxb)
-        xp = phi.reshape(phi.shape[0], -1) @ em.k_phi.T
-        return xc, xp
+        return em.node_features(phi, phi1, ks.lw)
 
     out = contractions()
 
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
             return None
         from popsynth.physical_spectra import _log_interp
 
-        xc, xp = out
-        return _log_interp(em.weights(eta), torch.cat([xc, xp.reshape(xp.shape[0], em.n_nodes, em.n_phi)], -1))
+        return _log_interp(em.weights(eta), out)
 
     x = spectral_part() if em is not None else out
 
@@ -108,11 +107,27 @@ def main(argv=None) -> int:
     print(f"physical model, spectral set {a.spec_set}, {a.draws} draws, {pm.n_free} free parameters "
           f"({', '.join(spectral) or 'no spectral hyperparameters'}), {a.chains} chains as one batch; "
           f"emulator nodes: {em.n_nodes if em else 1}; set-up {t_setup:.1f} s; load {os.getloadavg()[0]:.2f}")
+    if em is not None:
+        nc = em.contraction
+        print(f"node kernels: {nc.nnz / 1e6:.2f}M nonzeros held ({nc.nnz_dense_form / 1e6:.2f}M in the cube form, "
+              f"{em.n_nodes * em.n_phi * nc.shape[0] * nc.shape[1] * nc.shape[2] / 1e6:.1f}M dense)")
     print(f"{'step':<14}{'ms':>10}")
     for k, v in rows.items():
         print(f"{k:<14}{1e3 * v:>10.2f}")
     print(f"{'forward':<14}{1e3 * t_fwd:>10.2f}")
     print(f"{'fwd+backward':<14}{1e3 * t_all:>10.2f}   (-ln p and its gradient, {a.chains} chains)")
+    if a.emulator_error and em is not None and len(spectral) == 3:
+        from popsynth.physical_spectra import emulator_error
+
+        t0 = time.perf_counter()
+        res = emulator_error(pp)
+        print(f"emulator against direct builds ({res['n_cubes']} cubes; max relative error of the CXB points and of "
+              f"the counts / CT features, |delta(-2 ln L)| median and max), {time.perf_counter() - t0:.0f} s:")
+        for kind in ("tensor", "first_order"):
+            for r in res[kind]:
+                at = ", ".join(f"{n}={v:.4g}" for n, v in r["at"].items())
+                print(f"  {kind:<11} at {at}: CXB {r['cxb']:.1e}, counts/CT {r['counts_ct']:.1e}, "
+                      f"d(-2 ln L) {r['dlnl_median']:.3f} / {r['dlnl_max']:.3f}")
     if a.rebuild:
         from popsynth.physical_spectra import build_node, spectral_set_at
         from popsynth.spectra.sets import get_spectral_set

@@ -28,7 +28,18 @@ node c's kernel with the cube (interpolating x itself was 10 times less accurate
 weights are smooth in eta, so NUTS gets exact gradients of the emulator, and at a node the emulator
 is that node's kernels exactly (the set's own value is a node: with the hyperparameters at the set's
 values the model equals the fixed-spectra physical model, tested to 1e-10). The interpolation error
-against direct builds is measured in ``tests/test_physical.py`` and stated in docs/physical.md.
+against direct builds is measured in ``tests/test_physical.py`` (and :func:`emulator_error`) and
+stated in docs/physical.md.
+
+Why the full tensor grid (3^k nodes) and not a first-order one (1 + 2k nodes, additive in ln x):
+measured with all three free, the first-order emulator misses the cross terms by up to 14 % of a
+counts feature and 4 % of a CXB point at the corners of the box (-2 ln L off by tens to
+hundreds), against 1e-3 .. 1e-2 for the tensor grid midway between its nodes.
+
+Cost: the contraction with 27 nodes' kernels is what an evaluation pays for. The cumulative kernels
+are held differenced along log L (:class:`NodeContraction`): 11.6M nonzeros for the 27 nodes
+instead of 58M (139M dense), and the sparse products carry reverse-mode, forward-mode and vmapped
+derivatives (:class:`_SparseLinear`).
 
 The stacked kernels are cached on disk (``cache_dir()/physical/emulator-<key>.pt``, float64).
 """
@@ -111,21 +122,167 @@ def _log_interp(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.einsum("bc,bc...->b...", w, lx))
 
 
+class _CSRPair:
+    """A sparse CSR matrix A [R, N] and its transpose (CSR), held outside the autograd graph (a
+    plain object, so that torch.func does not try to wrap the sparse tensors)."""
+
+    def __init__(self, a: torch.Tensor, at: torch.Tensor):
+        self.a, self.at = a, at
+
+    @property
+    def nnz(self) -> int:
+        return int(self.a.values().numel())
+
+    @property
+    def T(self) -> "_CSRPair":
+        return _CSRPair(self.at, self.a)
+
+
+class _SparseLinear(torch.autograd.Function):
+    """y = x @ A^T for dense x [B, N] and a :class:`_CSRPair` A [R, N]. Reverse mode
+    (dL/dx = dL/dy @ A), forward mode (the tangent goes through the same product) and vmap (the
+    vmapped rows are stacked into one product), so the sampler's gradients, ``torch.func.jacfwd``
+    (the mode's Jacobians) and ``vmap`` all use the sparse product."""
+
+    #: rows of x per sparse product: the product's time grows faster than linearly with the number
+    #: of right-hand sides once they leave the cache (measured, 10M nonzeros: 4 rows 35 ms,
+    #: 16 rows 224 ms, 76 rows 2.3 s), so the Jacobians' many tangents go in blocks.
+    BLOCK = 4
+
+    @staticmethod
+    def forward(x, pair):
+        b = _SparseLinear.BLOCK
+        if x.shape[0] <= b:
+            return (pair.a @ x.T).T
+        return torch.cat([(pair.a @ x[i:i + b].T).T for i in range(0, x.shape[0], b)], 0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.pair = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):  # through apply again: the product is linear, and vmap / higher orders then work
+        return _SparseLinear.apply(grad, ctx.pair.T), None
+
+    @staticmethod
+    def jvp(ctx, tx, tpair):
+        return _SparseLinear.apply(tx, ctx.pair)
+
+    @staticmethod
+    def vmap(info, in_dims, x, pair):
+        x = x.movedim(in_dims[0], 0)
+        lead = x.shape[:-1]
+        y = _SparseLinear.apply(x.reshape(-1, x.shape[-1]), pair)
+        return y.reshape(*lead, y.shape[-1]), 0
+
+
+#: Entries of an edge-space kernel below this fraction of its row's largest magnitude are the
+#: rounding of the cumulative sums the kernel was built from, and dropped. Measured on the set-5
+#: kernels (8 and 64 draws): dropping below 1e-15 .. 1e-13 gives the same nonzeros and features
+#: equal to the dense contraction to 3e-14; at 1e-12 real entries go (error 2e-9).
+EDGE_TOL = 1e-14
+
+
+class NodeContraction:
+    """The counts / CT / binned-XLF kernels of every node as two sparse matrices.
+
+    A kernel K[z, l, k] of a cumulative quantity (N(>S): the share of spectral draws and N_H cells
+    whose flux threshold lies below log L_l) is a smoothed step in l, so it is dense (41 % of the
+    entries of the default grid) but its difference along l is not: with H = K / dlogL and
+    G[j] = H[j] - H[j-1] (H[-1] = 0),
+
+        sum_l K[l] phi[l] = sum_j G[j] C[j],    C[j] = sum_{l >= j} phi[l] dlogL_l,
+
+    exactly (summation by parts); G holds the distribution of the thresholds over the log L edges
+    (8 % of the entries at 64 draws). Each feature row is held in whichever form (K against phi, or
+    G against C) has fewer nonzeros. Rows [C * F, nz * nL * 6] in node-major order, as ``k_phi``.
+    """
+
+    def __init__(self, k_phi: torch.Tensor, nz: int, dlogl: torch.Tensor, chunk: int = 64, tol: float = None):
+        rows, n = k_phi.shape
+        nl = int(dlogl.numel())
+        if n != nz * nl * 6:
+            raise PopsynthError(f"kernel rows of length {n} do not match a [{nz}, {nl}, 6] cube", "rebuild the emulator")
+        self.shape = (nz, nl, 6)
+        self.dlogl = dlogl.to(DTYPE)
+        parts = {"k": ([], [], []), "g": ([], [], [])}  # row numbers, column indices, values
+        rows_k, rows_g, count = [], [], {"k": 0, "g": 0}
+        nnz_k_total = 0
+        for r0 in range(0, rows, chunk):  # in row blocks: the 27-node kernels are 1.1 GB dense
+            k4 = k_phi[r0:r0 + chunk].to(DTYPE).reshape(-1, nz, nl, 6)
+            h = k4 / self.dlogl[None, None, :, None]
+            g = torch.diff(h, dim=2, prepend=torch.zeros_like(h[:, :, :1]))
+            gmax = g.abs().amax((1, 2, 3), keepdim=True)
+            g = torch.where(g.abs() > (EDGE_TOL if tol is None else tol) * gmax, g, torch.zeros_like(g))
+            nnz_k = (k4 != 0).sum((1, 2, 3))
+            nnz_g = (g != 0).sum((1, 2, 3))
+            nnz_k_total += int(nnz_k.sum())
+            for i in range(k4.shape[0]):
+                kind, m = ("g", g[i]) if nnz_g[i] < nnz_k[i] else ("k", k4[i])
+                (rows_g if kind == "g" else rows_k).append(r0 + i)
+                col = torch.nonzero(m.reshape(-1))[:, 0]
+                parts[kind][0].append(torch.full_like(col, count[kind]))
+                parts[kind][1].append(col)
+                parts[kind][2].append(m.reshape(-1)[col])
+                count[kind] += 1
+        self.rows_k = torch.as_tensor(rows_k, dtype=torch.long)
+        self.rows_g = torch.as_tensor(rows_g, dtype=torch.long)
+        self.a_k = self._pair(parts["k"], count["k"], n)
+        self.a_g = self._pair(parts["g"], count["g"], n)
+        order = torch.cat([self.rows_k, self.rows_g])
+        self.inverse = torch.empty_like(order)
+        self.inverse[order] = torch.arange(rows)
+        self.nnz = sum(p.nnz for p in (self.a_k, self.a_g) if p is not None)
+        self.nnz_dense_form = nnz_k_total
+
+    @staticmethod
+    def _pair(part, n_rows: int, n: int):
+        """A and A^T (CSR) from the rows' (row, column, value) lists; None without rows."""
+        import warnings
+
+        if n_rows == 0:
+            return None
+        r, c, v = (torch.cat(x) for x in part)
+        def csr(rows, cols, shape):  # int32 indices: 30 % faster products than int64 (measured)
+            m = torch.sparse_coo_tensor(torch.stack([rows, cols]), v, shape).coalesce().to_sparse_csr()
+            return torch.sparse_csr_tensor(m.crow_indices().to(torch.int32), m.col_indices().to(torch.int32),
+                                           m.values(), shape)
+
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the two products used here are tested
+            warnings.simplefilter("ignore", UserWarning)
+            return _CSRPair(csr(r, c, (n_rows, n)), csr(c, r, (n, n_rows)))
+
+    def __call__(self, phi_red: torch.Tensor) -> torch.Tensor:
+        """Every row contracted with reduced cubes phi_red [B, nz, nL, 6]: [B, rows]."""
+        b = phi_red.shape[0]
+        parts = []
+        if self.a_k is not None:
+            parts.append(_SparseLinear.apply(phi_red.reshape(b, -1), self.a_k))
+        if self.a_g is not None:
+            a = phi_red * self.dlogl[:, None]
+            c = torch.flip(torch.cumsum(torch.flip(a, (-2,)), -2), (-2,))  # C[j] = sum_{l >= j} phi dlogL
+            parts.append(_SparseLinear.apply(c.reshape(b, -1), self.a_g))
+        return torch.cat(parts, -1)[:, self.inverse]
+
+
 class SpectralEmulator:
     """Kernels of the physical model on a tensor grid of hyperparameter nodes, Lagrange-interpolated.
 
     Attributes: names (free hyperparameters, in sampling order), nodes [list of [n_i] values],
-    k_cxb [C, nz, 6, n_cxb], k_phi [C * F, nz * nL * 6], k_fine [C, nz, 6, nE_fine], with C = prod n_i
-    nodes in C order of ``itertools.product``.
+    k_cxb [C, nz, 6, n_cxb], k_fine [C, nz, 6, nE_fine], with C = prod n_i nodes in C order of
+    ``itertools.product``, and ``contraction`` (a :class:`NodeContraction` of the other kernels,
+    k_phi [C * F, nz * nL * 6], which is not kept dense).
     """
 
-    def __init__(self, names, nodes, k_cxb, k_phi, k_fine, seconds: float = 0.0):
+    def __init__(self, names, nodes, k_cxb, k_phi, k_fine, dlogl, seconds: float = 0.0):
         self.names = tuple(names)
         self.nodes = [torch.as_tensor(np.asarray(n, dtype=np.float64), dtype=DTYPE) for n in nodes]
         self.coord_nodes = [torch.log(n) if _COORD[name] == "log" else n for name, n in zip(self.names, self.nodes)]
-        self.k_cxb, self.k_phi, self.k_fine = k_cxb, k_phi, k_fine
+        self.k_cxb, self.k_fine = k_cxb, k_fine
+        self._k_cxb_mat = None
         self.n_nodes = int(k_cxb.shape[0])
         self.n_phi = int(k_phi.shape[0] // self.n_nodes)
+        self.contraction = NodeContraction(k_phi, int(k_cxb.shape[1]), torch.as_tensor(dlogl, dtype=DTYPE))
         self.seconds = seconds
 
     def weights(self, eta: torch.Tensor) -> torch.Tensor:
@@ -137,13 +294,38 @@ class SpectralEmulator:
             w = wi if w is None else (w[:, :, None] * wi[:, None, :]).reshape(w.shape[0], -1)
         return w
 
-    def features(self, phi_red, phi1_red, lw, eta) -> torch.Tensor:
-        """Feature vector [B, F] (CXB points, then the other kernels) at reduced cubes and eta [B, k]."""
+    def additive_weights(self, eta: torch.Tensor) -> torch.Tensor:
+        """Weights [B, C] on the same nodes of the first-order (additive in ln x) alternative,
+        ln x = ln x_0 + sum_i [sum_j w_ij(eta_i) ln x_(i, j) - ln x_0], which needs only the centre
+        and the 2 k axis nodes (1 + 2k builds instead of 3^k). Not used by the model: measured, it
+        misses the cross terms by up to 13 % at the corners of the box (docs/physical.md)."""
+        shape = [len(n) for n in self.nodes]
+        centre = [n // 2 for n in shape]
+        flat = lambda idx: int(np.ravel_multi_index(idx, shape))  # noqa: E731
+        w = torch.zeros(eta.shape[0], self.n_nodes, dtype=eta.dtype, device=eta.device)
+        w[:, flat(centre)] = 1.0
+        for i, name in enumerate(self.names):
+            c = torch.log(eta[:, i]) if _COORD[name] == "log" else eta[:, i]
+            wi = lagrange_weights(c, self.coord_nodes[i])
+            for j in range(shape[i]):
+                idx = list(centre)
+                idx[i] = j
+                w[:, flat(idx)] = w[:, flat(idx)] + wi[:, j] - (1.0 if j == centre[i] else 0.0)
+        return w
+
+    def node_features(self, phi_red, phi1_red, lw) -> torch.Tensor:
+        """Every node's feature vector [B, C, F] (CXB points, then the other kernels)."""
         b = phi_red.shape[0]
         m = torch.einsum("bzlk,l->bzk", phi1_red, lw)
-        xc = torch.einsum("bzk,czke->bce", m, self.k_cxb)
-        xp = (phi_red.reshape(b, -1) @ self.k_phi.T).reshape(b, self.n_nodes, self.n_phi)
-        return _log_interp(self.weights(eta), torch.cat([xc, xp], -1))
+        if self._k_cxb_mat is None:  # [nz * 6, C * n_cxb]: one matrix product for every node
+            self._k_cxb_mat = self.k_cxb.permute(1, 2, 0, 3).reshape(-1, self.n_nodes * self.k_cxb.shape[-1]).contiguous()
+        xc = (m.reshape(b, -1) @ self._k_cxb_mat).reshape(b, self.n_nodes, -1)
+        xp = self.contraction(phi_red).reshape(b, self.n_nodes, self.n_phi)
+        return torch.cat([xc, xp], -1)
+
+    def features(self, phi_red, phi1_red, lw, eta) -> torch.Tensor:
+        """Feature vector [B, F] (CXB points, then the other kernels) at reduced cubes and eta [B, k]."""
+        return _log_interp(self.weights(eta), self.node_features(phi_red, phi1_red, lw))
 
     def cxb_fine(self, phi1_red, lw, eta) -> torch.Tensor:
         """AGN CXB per N_H class on the output energies [B, 3, nE_fine]."""
@@ -239,19 +421,24 @@ def build_emulator(prob, cfg, model, spec: SpectralSet, center_kernels, names, d
     ``center_kernels``: its kernels (reused at the centre node). Cached on disk when ``cache``."""
     t0 = time.time()
     nodes = node_values(model, spec, names)
+    dlogl = torch.as_tensor(prob.grid.dlogl, dtype=DTYPE)
     path = None
     if cache:
         from .paths import cache_dir
 
         path = cache_dir() / "physical" / f"emulator-{_cache_key(cfg, model, spec, names, nodes)}.pt"
+        d = None
         if path.is_file():
             try:
                 d = torch.load(path, map_location="cpu", weights_only=True)
-                em = SpectralEmulator(names, nodes, d["k_cxb"], d["k_phi"], d["k_fine"], time.time() - t0)
-                log(f"spectral emulator: {em.n_nodes} nodes read from {path} in {em.seconds:.1f} s")
-                return em
+                d = {k: d[k] for k in ("k_cxb", "k_phi", "k_fine")}
             except Exception:  # damaged: rebuild
-                pass
+                d = None
+        if d is not None:
+            em = SpectralEmulator(names, nodes, d["k_cxb"], d["k_phi"], d["k_fine"], dlogl)
+            em.seconds = time.time() - t0
+            log(f"spectral emulator: {em.n_nodes} nodes read from {path} in {em.seconds:.1f} s")
+            return em
     centre = [model.value(n) for n in names]
     k_cxb, k_phi, k_fine = [], [], []
     combos = list(itertools.product(*nodes))
@@ -265,13 +452,66 @@ def build_emulator(prob, cfg, model, spec: SpectralSet, center_kernels, names, d
         k_fine.append(ks.k_fine)
         log(f"spectral emulator: node {i + 1}/{len(combos)} {dict(zip(names, map(float, combo)))} "
             f"({time.time() - t0:.0f} s)")
-    em = SpectralEmulator(names, nodes, torch.stack(k_cxb), torch.cat(k_phi, 0), torch.stack(k_fine), time.time() - t0)
+    k_cxb, k_phi, k_fine = torch.stack(k_cxb), torch.cat(k_phi, 0), torch.stack(k_fine)
     if path is not None:
         from .io import atomic_write
 
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            atomic_write(path, lambda tmp: torch.save({"k_cxb": em.k_cxb, "k_phi": em.k_phi, "k_fine": em.k_fine}, tmp))
+            atomic_write(path, lambda tmp: torch.save({"k_cxb": k_cxb, "k_phi": k_phi, "k_fine": k_fine}, tmp))
         except OSError:
             pass
+    em = SpectralEmulator(names, nodes, k_cxb, k_phi, k_fine, dlogl)
+    em.seconds = time.time() - t0
     return em
+
+
+def emulator_error(pp, n_cubes: int = 16, seed: int = 0) -> dict:
+    """The emulator of ``pp`` (a :class:`popsynth.physical_run.PhysicalProblem` with the three
+    hyperparameters free on 3 nodes each) against direct builds, over ``n_cubes`` cubes (the
+    configured values and prior draws within 2 sigma of the other free parameters).
+
+    ``tensor``: the model's tensor grid at the 8 octant centres (midway between nodes in every
+    hyperparameter, direct builds of those spectral sets); ``first_order``: the additive alternative
+    (:meth:`SpectralEmulator.additive_weights`) at the 8 corners of the box, where the tensor grid
+    has nodes (i.e. direct builds). Each entry: at (the hyperparameters), cxb and counts_ct (max
+    relative error of the 74 CXB points and of the other features), dlnl_median / dlnl_max
+    (|delta(-2 ln L)| over the cubes)."""
+    from .spectra.sets import get_spectral_set
+
+    pm, ks = pp.pmap, pp.kernels
+    em = ks.emulator
+    if len(em.names) != 3 or any(len(n) != 3 for n in em.nodes):
+        raise PopsynthError("the emulator error is measured with gamma, refl and ecut free on 3 nodes each",
+                            "free all three with `spectral_nodes` = 3")
+    g = torch.Generator().manual_seed(seed)
+    th = pm.default_theta(n_cubes)
+    z = torch.randn(n_cubes - 1, pm.n_free, generator=g, dtype=DTYPE).clamp(-2, 2)
+    th[1:, :pm.n_phys] = pm.mean + pm.sigma * z[:, :pm.n_phys]
+    th = torch.minimum(torch.maximum(th, pm.lo + 0.02 * (pm.hi - pm.lo)), pm.hi - 0.02 * (pm.hi - pm.lo))
+    lik = ks.likelihood
+    n_cxb = ks.center.k_cxb.shape[-1]
+
+    def compare(at, x, direct):
+        rel = ((x - direct) / direct).abs()
+        dl = (lik.neg2_loglike(x) - lik.neg2_loglike(direct)).abs()
+        return {"at": at, "cxb": float(rel[:, :n_cxb].max()), "counts_ct": float(rel[:, n_cxb:].max()),
+                "dlnl_median": float(dl.median()), "dlnl_max": float(dl.max())}
+
+    out = {"n_cubes": n_cubes, "tensor": [], "first_order": []}
+    spec = get_spectral_set(pp.cfg.spec_set)
+    with torch.no_grad():
+        phi, phi1 = ks.builder(pm.full(th))
+        nodes = em.node_features(phi, phi1, ks.lw)  # [B, 27, F]
+        for side in itertools.product((0, 2), repeat=3):
+            c = [0.5 * (em.coord_nodes[i][s] + em.coord_nodes[i][1]) for i, s in enumerate(side)]
+            vals = {n: float(torch.exp(v) if _COORD[n] == "log" else v) for n, v in zip(em.names, c)}
+            eta = torch.tensor([[vals[n] for n in em.names]], dtype=DTYPE).expand(n_cubes, -1)
+            _, kd = build_node(pp.prob, pp.cfg, pp.model, spectral_set_at(spec, vals))
+            out["tensor"].append(compare(vals, _log_interp(em.weights(eta), nodes), kd.features(phi, phi1)))
+        for corner in itertools.product((0, 2), repeat=3):
+            vals = {n: float(em.nodes[i][corner[i]]) for i, n in enumerate(em.names)}
+            eta = torch.tensor([list(vals.values())], dtype=DTYPE).expand(n_cubes, -1)
+            c = int(np.ravel_multi_index(corner, (3, 3, 3)))
+            out["first_order"].append(compare(vals, _log_interp(em.additive_weights(eta), nodes), nodes[:, c]))
+    return out
