@@ -30,8 +30,8 @@ phi1 (``l_moment=1`` there) come from the same quadrature nodes.
 
 Parameters, priors and bounds are in :data:`PARAMETERS` (with sources); :class:`PhysicalModel`
 says which are free (loadable from TOML, ``examples/physical_model.toml``). Free parameters are
-sampled in unbounded coordinates u with theta = lo + (hi - lo) sigmoid(u) (block weights: log10 w
-itself).
+sampled in unbounded coordinates u with theta = lo + (hi - lo) sigmoid(u) (block weights:
+w = softplus(u), as the block posterior).
 """
 
 from __future__ import annotations
@@ -307,9 +307,11 @@ class PhysicalModel:
 class ParameterMap:
     """Maps the free vector u [B, P] (unbounded) to the full parameter set and back.
 
-    theta_i = lo_i + (hi_i - lo_i) sigmoid(u_i) for the free physical parameters, log10 w = u for
-    the block weights. ``full(u)`` returns {name: [B]} of every physical parameter plus
-    ``log10_w`` [B, 15] (zeros when the block weights are fixed).
+    theta_i = lo_i + (hi_i - lo_i) sigmoid(u_i) for the free physical parameters. Block weights:
+    w = softplus(u) = ln(1 + e^u), theta = log10 w (the block posterior's coordinates,
+    :mod:`popsynth.posterior`: w ~ u where the data constrain a weight and the likelihood is close
+    to Gaussian in w, w ~ e^u where only the log-normal prior acts). ``full(u)`` returns {name: [B]}
+    of every physical parameter plus ``log10_w`` [B, 15] (zeros when the block weights are fixed).
     """
 
     def __init__(self, model: PhysicalModel, device=None):
@@ -332,20 +334,35 @@ class ParameterMap:
     def theta(self, u: torch.Tensor) -> torch.Tensor:
         """Free parameters in their own units [B, P] (physical ones bounded, then log10 w)."""
         phys = self.lo + (self.hi - self.lo) * torch.sigmoid(u[..., :self.n_phys])
-        return torch.cat([phys, u[..., self.n_phys:]], -1)
+        lw = torch.log10(torch.nn.functional.softplus(u[..., self.n_phys:]))
+        return torch.cat([phys, lw], -1)
 
     def u_of(self, theta: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`theta`; theta [B, P] strictly inside the bounds."""
         x = (theta[..., :self.n_phys] - self.lo) / (self.hi - self.lo)
         if bool(((x <= 0) | (x >= 1)).any()):
             raise PopsynthError("a parameter value lies on or outside its bounds", "start inside the bounds")
-        return torch.cat([torch.log(x) - torch.log1p(-x), theta[..., self.n_phys:]], -1)
+        w = 10.0 ** theta[..., self.n_phys:]
+        v = torch.where(w > 20.0, w, w + torch.log(-torch.expm1(-w.clamp_max(20.0))))  # torch's softplus is u above 20
+        return torch.cat([torch.log(x) - torch.log1p(-x), v], -1)
+
+    def dtheta_du(self, u: torch.Tensor) -> torch.Tensor:
+        """d theta_i / d u_i [B, P] (the map is elementwise)."""
+        s = torch.sigmoid(u[..., :self.n_phys])
+        v = u[..., self.n_phys:]
+        dw = torch.where(v > 20.0, 1.0, torch.sigmoid(v)) / (torch.nn.functional.softplus(v) * math.log(10.0))
+        return torch.cat([(self.hi - self.lo) * s * (1 - s), dw], -1)
 
     def log_jacobian(self, u: torch.Tensor) -> torch.Tensor:
-        """ln |d theta / d u| [B] (the block weights contribute 0)."""
+        """ln |d theta / d u| [B]."""
         up = u[..., :self.n_phys]
-        return (torch.log(self.hi - self.lo) + torch.nn.functional.logsigmoid(up)
+        v = u[..., self.n_phys:]
+        phys = (torch.log(self.hi - self.lo) + torch.nn.functional.logsigmoid(up)
                 + torch.nn.functional.logsigmoid(-up)).sum(-1)
+        dlog = torch.where(v > 20.0, 0.0, torch.nn.functional.logsigmoid(v))  # torch's softplus: slope 1 above 20
+        blocks = (dlog - torch.log(torch.nn.functional.softplus(v))).sum(-1) \
+            - v.shape[-1] * math.log(math.log(10.0))
+        return phys + blocks
 
     def prior_residuals(self, theta: torch.Tensor) -> torch.Tensor:
         """(theta - mean) / sigma [B, P]: squares sum to -2 ln prior + const (Gaussian, inside the bounds)."""

@@ -219,10 +219,7 @@ def laplace(pp: PhysicalProblem, u_mode: torch.Tensor) -> dict:
     j = torch.func.jacfwd(lambda v: pp.residuals(v[None])[0])(u_mode[0]).detach()  # [n, P]
     h_u = j.T @ j
     pm = pp.pmap
-    th = pm.theta(u_mode)[0]
-    dth = torch.ones_like(th)
-    s = torch.sigmoid(u_mode[0, :pm.n_phys])
-    dth[:pm.n_phys] = (pm.hi - pm.lo) * s * (1 - s)
+    dth = pm.dtheta_du(u_mode)[0]
     ev, vec = torch.linalg.eigh(0.5 * (h_u + h_u.T))
     ev = ev.clamp_min(float(ev.max()) * 1e-12)
     cov_u = (vec / ev) @ vec.T
@@ -254,11 +251,18 @@ class PhysicalSamples:
 
 
 def sample(pp: PhysicalProblem, u_mode: torch.Tensor, cov_u: torch.Tensor, chains: int = 4, warmup: int = 300,
-           samples: int = 500, seed: int = 0, progress: bool = False, pilot: bool = False) -> PhysicalSamples:
-    """NUTS around the mode (see the module docstring); returns the kept samples of the main run."""
+           samples: int = 500, seed: int = 0, progress: bool = False, pilot: bool | None = None) -> PhysicalSamples:
+    """NUTS around the mode (see the module docstring); returns the kept samples of the main run.
+
+    ``pilot``: a pilot run (``warmup`` + ``warmup``) whose sample covariance whitens the main run;
+    None: with block weights (their posterior is far from Gaussian where only the prior bounds
+    them, so the Laplace approximation whitens poorly, as in the block posterior), else not."""
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
     from .posterior import SamplerConfig, _nuts, _whitening
+
+    if pilot is None:
+        pilot = bool(pp.model.block_weights)
 
     scfg = SamplerConfig(chains=chains, warmup=warmup, samples=samples, seed=seed, jit=False)
     scfg.validate()
@@ -530,7 +534,7 @@ def write_corner(samples: np.ndarray, names: list, path: Path, truths=None, max_
 # ---------------------------------------------------------------------------- the whole run
 def run(spec_set: int = 5, model: PhysicalModel | None = None, out="checkpoints/physical-set-5", starts: int = 8,
         chains: int = 4, warmup: int = 300, samples: int = 500, seed: int = 0, draws: int = 64, do_sample: bool = True,
-        pilot: bool = False, progress: bool = False, log=print) -> dict:
+        pilot: bool | None = None, progress: bool = False, log=print) -> dict:
     """Set-up, mode, NUTS, outputs (see the module docstring); returns the summary dict."""
     t0 = time.time()
     pp = setup(spec_set, model, draws=draws, log=log)
@@ -605,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spec-set", type=int, default=5, help="A19 spectral set 1-5 (default 5)")
     ap.add_argument("--config", default=None, help="model configuration TOML (default: the built-in one; "
                                                    "see examples/physical_model.toml)")
-    ap.add_argument("--out", default=None, help="output folder (default checkpoints/physical-set-N)")
+    ap.add_argument("--out", default=None, help="output folder (default checkpoints/physical-set-N, "
+                                                "with free spectral hyperparameters checkpoints/physical-set-N-free-spectra)")
     ap.add_argument("--starts", type=int, default=8, help="optimiser starts: the configured values + prior draws (8)")
     ap.add_argument("--chains", type=int, default=4, help="NUTS chains, one batch (4)")
     ap.add_argument("--warmup", type=int, default=300, help="warm-up iterations per chain, pilot and main run each (300)")
@@ -613,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the starts and the sampler (0)")
     ap.add_argument("--draws", type=int, default=64, help="spectral draws per N_H cell (64, as train.py)")
     ap.add_argument("--no-sample", action="store_true", help="mode and Laplace approximation only")
-    ap.add_argument("--pilot", action="store_true", help="a pilot run (--warmup + --warmup) whose covariance whitens the "
-                                                       "main run (default: the Laplace approximation whitens it)")
+    ap.add_argument("--pilot", action=argparse.BooleanOptionalAction, default=None,
+                    help="a pilot run (--warmup + --warmup) whose covariance whitens the main run (default: with "
+                         "block weights; without, the Laplace approximation whitens it)")
     ap.add_argument("--profile-sets", default=None, metavar="LIST",
                     help="comma-separated spectral sets: mode and Laplace evidence per set instead of sampling")
     ap.add_argument("--free-spectra", action="store_true",
@@ -666,7 +672,8 @@ def main(argv=None) -> int:
             for s, r in res["sets"].items():
                 print(f"set {s}: delta ln Z {r['delta_ln_evidence']:+.2f}, -2 ln L {r['neg2_loglike']:.2f}")
             return 0
-        s = run(a.spec_set, model, a.out or f"checkpoints/physical-set-{a.spec_set}", a.starts, a.chains, a.warmup,
+        default_out = f"checkpoints/physical-set-{a.spec_set}" + ("-free-spectra" if model.free_spectral else "")
+        s = run(a.spec_set, model, a.out or default_out, a.starts, a.chains, a.warmup,
                 a.samples, a.seed, a.draws, not a.no_sample, a.pilot, progress=not a.quiet)
         print(format_summary(s))
         print(f"outputs in {Path(s['files']['summary']).parent}")
