@@ -382,15 +382,34 @@ def cxb_terms(model, data, sys_floor: float | dict = 0.0, norm_sigma: float | di
     return out
 
 
-def _table_columns(path: str, cols) -> dict:
-    from astropy.table import Table
+_REGEN_COUNTS = "regenerate the tables with 'python data/counts/make_counts_tables.py'"
 
-    t = Table.read(path, format="ascii.ecsv")
-    missing = [c for c in cols if c not in t.colnames]
+
+def _record_columns(data, cols) -> dict:
+    """Columns ``cols`` of a loaded counts record (:class:`popsynth.data.counts.CountsData`), float64 [n]:
+    ``flux_lo``/``flux_hi`` are its bin edges (erg cm^-2 s^-1), any other name one of ``data.columns``
+    (as stored, e.g. ``n_sources``, ``n_eff``). Nothing is read from disk. Raises PopsynthError naming the
+    file when the record lacks one."""
+    edges = {"flux_lo": data.flux_lo, "flux_hi": data.flux_hi}
+    extra = data.columns or {}
+    out = {c: edges[c] if c in edges else extra.get(c) for c in cols}
+    missing = [c for c, v in out.items() if v is None]
     if missing:
-        raise PopsynthError(f"{path} lacks column(s) {missing} needed for its likelihood",
-                            "regenerate the tables with 'python data/counts/make_counts_tables.py'")
-    return {c: np.asarray(t[c], dtype=np.float64) for c in cols}
+        raise PopsynthError(f"{data.path} lacks column(s) {missing} needed for its likelihood", _REGEN_COUNTS)
+    return out
+
+
+def _table_columns(path: str, cols) -> dict:
+    """Columns ``cols`` of the counts ECSV file ``path`` as stored, float64 [n] (read with
+    :func:`popsynth.io.ecsv.read_ecsv`). The likelihood uses the loaded record instead
+    (:func:`_record_columns`); kept for importers that hold only a path."""
+    from .io.ecsv import read_ecsv
+
+    t = read_ecsv(path, label="counts file", fix=_REGEN_COUNTS)
+    missing = [c for c in cols if c not in t]
+    if missing:
+        raise PopsynthError(f"{path} lacks column(s) {missing} needed for its likelihood", _REGEN_COUNTS)
+    return {c: t.column(c) for c in cols}
 
 
 def cumulative_covariance(value: np.ndarray, n_eff: np.ndarray, f_sys: float, common: bool) -> np.ndarray:
@@ -410,11 +429,12 @@ def cumulative_covariance(value: np.ndarray, n_eff: np.ndarray, f_sys: float, co
 def counts_term(model, device=None) -> Term:
     """The likelihood term of a counts :class:`popsynth.observables.SurveyModel` built by
     ``build_counts_model``: Poisson for binned tables with source numbers, full covariance for
-    cumulative tables with n_eff, split-normal otherwise (stated in the description)."""
+    cumulative tables with n_eff, split-normal otherwise (stated in the description). Source numbers,
+    bin edges and n_eff come from the loaded record ``model.data`` (no file is read)."""
     data = model.data
     dev = device or model.device
     if model.target == "binned":
-        cols = _table_columns(data.path, ("n_sources", "flux_lo", "flux_hi"))
+        cols = _record_columns(data, ("n_sources", "flux_lo", "flux_hi"))
         if data.area_deg2 is None:
             raise PopsynthError(f"{data.path} has no area_deg2", "the Poisson term needs the survey area")
         width = as_tensor(cols["flux_hi"] - cols["flux_lo"], dev)
@@ -422,7 +442,7 @@ def counts_term(model, device=None) -> Term:
         return PoissonTerm(data.name, resp, as_tensor(cols["n_sources"], dev), data.label)
     if model.target == "cumulative" and data.name in CUMULATIVE_ERROR_MODELS:
         f, common = CUMULATIVE_ERROR_MODELS[data.name]
-        n_eff = _table_columns(data.path, ("n_eff",))["n_eff"]
+        n_eff = _record_columns(data, ("n_eff",))["n_eff"]
         cov = cumulative_covariance(data.value, n_eff, f, common)
         tab = 0.5 * (data.err_lo + data.err_hi)
         if not np.allclose(np.sqrt(np.diag(cov)), tab, rtol=1e-6):

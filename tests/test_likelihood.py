@@ -81,11 +81,45 @@ def test_covariance_models_reproduce_the_files_errors(name):
     from astropy.table import Table
 
     d = load_counts(name)
-    n_eff = np.asarray(Table.read(d.path, format="ascii.ecsv")["n_eff"], float)
+    n_eff = d.columns["n_eff"]  # the loaded record carries every column
+    assert np.array_equal(n_eff, np.asarray(Table.read(d.path, format="ascii.ecsv")["n_eff"], float))
     f, common = CUMULATIVE_ERROR_MODELS[name]
     cov = cumulative_covariance(d.value, n_eff, f, common)
     np.testing.assert_allclose(np.sqrt(np.diag(cov)), d.err_hi, rtol=1e-6)
     assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_counts_terms_use_the_loaded_record():
+    """counts_term takes source numbers, bin edges and n_eff from the CountsData record (the file is not
+    read again: its path is made unreadable here); the values equal the file's columns bit for bit."""
+    from types import SimpleNamespace
+
+    from astropy.table import Table
+
+    from popsynth.likelihood import counts_term
+
+    gen = torch.Generator().manual_seed(0)
+    bat = load_counts("bat105_agn_differential_14_195keV")
+    t = Table.read(bat.path, format="ascii.ecsv")
+    gone = bat._replace(path="/nonexistent/bat.ecsv")
+    resp = torch.rand(15, len(bat.flux), generator=gen, dtype=D)
+    term = counts_term(SimpleNamespace(target="binned", data=gone, bin_response=resp, device=torch.device("cpu")))
+    assert isinstance(term, PoissonTerm)
+    assert torch.equal(term.n_obs, torch.as_tensor(np.asarray(t["n_sources"], dtype=np.float64)))
+    width = torch.as_tensor(np.asarray(t["flux_hi"], np.float64) - np.asarray(t["flux_lo"], np.float64))
+    assert torch.equal(term.response, resp * width * float(bat.area_deg2))
+    with pytest.raises(PopsynthError, match=r"/nonexistent/bat.ecsv lacks column\(s\) \['n_sources'\]"):
+        counts_term(SimpleNamespace(target="binned", data=gone._replace(columns={}), bin_response=resp,
+                                    device=torch.device("cpu")))
+    name = sorted(CUMULATIVE_ERROR_MODELS)[0]
+    cum = load_counts(name)
+    n_eff = np.asarray(Table.read(cum.path, format="ascii.ecsv")["n_eff"], dtype=np.float64)
+    resp = torch.rand(15, len(cum.flux), generator=gen, dtype=D)
+    term = counts_term(SimpleNamespace(target="cumulative", data=cum._replace(path="/nonexistent/c.ecsv"),
+                                       cum_response=resp, device=torch.device("cpu")))
+    f, common = CUMULATIVE_ERROR_MODELS[name]
+    want = torch.linalg.cholesky(torch.as_tensor(cumulative_covariance(cum.value, n_eff, f, common)))
+    assert isinstance(term, CovarianceTerm) and torch.equal(term.chol, want)
 
 
 def test_ct_fraction_term():
