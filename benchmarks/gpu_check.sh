@@ -23,7 +23,7 @@
 #   GPU_CHECK_BIG_STARTS      starts of the big fit                  100000 / 2000
 #   GPU_CHECK_CPU_BIG_STARTS  starts of the big fit's CPU reference  10000 (the CPU column says so)
 #   GPU_CHECK_DRAWS           spectral draws                         64 / 8
-#   GPU_CHECK_STEPS           optimiser steps (default: lm's 200)
+#   GPU_CHECK_STEPS           optimiser steps (default: lm's cap, 500; fits stop when every start has converged)
 #   GPU_CHECK_SAMPLES         NUTS warm-up and kept iterations       50 / 20
 #   GPU_CHECK_CHAINS          NUTS chains                            4 / 4
 #   GPU_CHECK_PHOTONS         Monte Carlo photons                    2000000 / 20000

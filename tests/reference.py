@@ -13,7 +13,9 @@ torch. Inputs are plain numpy arrays (see each function); the grid arrays come f
 - :func:`block_response`, :func:`cxb_blocks`, :func:`cxb_cube`: the CXB of B starts through the
   [15, nE] block response, or through the full re-weighted cube [B, nz, nL, nN];
 - :func:`cumulative_counts`: N(>S) of cubes phi [B, nz, nL, nN] for a survey (band flux factors
-  per draw, z weights), as ``SurveyModel.cumulative_cube``.
+  per draw, z weights), as ``SurveyModel.cumulative_cube``;
+- :func:`cxb_integrand`: the CXB integrand at any redshift (continuous z), for the adaptive
+  quadrature that ``benchmarks/bench_cxb_fit.py`` measures popsynth's z-trapezoid against.
 """
 
 from __future__ import annotations
@@ -129,3 +131,18 @@ def cumulative_counts(phi, log_k, fluxes, vol, dlognh, dlogl, logl_edges):
     val = c0 + s * (c1 - c0)
     wzn = (vol[:, None] * dlognh[None, :]).reshape(-1)
     return np.einsum("bdms,m->bs", val, wzn, optimize=True) / log_k.shape[0]
+
+
+def cxb_integrand(z, w, block_index, logl_edges, logl, dlogl, lognh, dlognh, energy, mean_spectra, e_obs,
+                  geometry):
+    """dI/dz of the AGN CXB at one redshift ``z`` (float) for block weights w [15]: [nE] in
+    keV^2 cm^-2 s^-1 keV^-1 sr^-1 per unit z.
+
+    E^2 G(z) sum_n dlogN_H,n S_n(E (1 + z)) sum_l phi1(z)[l, n] w[block[l, n]] L_l dlogL_l, with
+    phi1 the L-moment cell averages of :func:`phi_cube` at z and G(z) = ``geometry`` =
+    dV_c/dz/dOmega (1+z)^2 / (4 pi d_L^2) in Mpc^3 sr^-1 cm^-2. On popsynth's z nodes, with their
+    trapezoid weights, its sum is the block-path CXB ``w @ A`` (tests/test_benchmarks.py)."""
+    phi1 = phi_cube(np.array([z]), logl_edges, lognh, 1)[0]  # [nL, nN]
+    m = (phi1 * w[block_index] * (10.0 ** logl * dlogl)[:, None]).sum(0) * dlognh  # [nN]
+    s = interp_loglog(e_obs * (1.0 + z), energy, mean_spectra)  # [nN, nE]
+    return geometry * e_obs ** 2 * (m @ s)

@@ -89,3 +89,59 @@ def test_cumulative_counts(setup):
                                  m.logl_edges.numpy())
     _close(got, want)
     _close(m.cumulative(w), want)  # the block responses give the same numbers
+
+
+def test_cxb_integrand_on_the_z_nodes_is_the_block_path(setup):
+    """The continuous-z reference integrand (for the adaptive quadrature of bench_cxb_fit.py), summed
+    over popsynth's z nodes with their trapezoid weights, is popsynth's block-path CXB."""
+    grid, tab = setup
+    e = np.geomspace(0.5, 200.0, 7)
+    d = distance_tables(grid.z)
+    geom = d["dvc_dz_dsr_mpc3"].numpy() * (1 + grid.z) ** 2 / (4 * np.pi * d["d_l_cm"].numpy() ** 2)
+    w = initial_weights(2, 15, seed=9)
+    a = block_response(build_phi0(grid, l_moment=1), cxb_kernel(tab, grid, e), grid)
+    bi = grid.block_index.numpy()
+    for b in range(2):
+        dz = np.array([ref.cxb_integrand(z, w[b].numpy(), bi, grid.logl_edges, grid.logl, grid.dlogl, grid.lognh,
+                                         grid.dlognh, tab.energy.numpy(), tab.mean.numpy(), e, g)
+                       for z, g in zip(grid.z, geom)])
+        _close(w[b:b + 1] @ a, (grid.z_weights[:, None] * dz).sum(0)[None])
+
+
+def test_run_py_renders_its_results_and_reads_bench_physical():
+    """benchmarks/run.py: the README block from a results dict (kernels, runs, accuracy, physical,
+    issue 13's targets) and the parser of bench_physical.py's table."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).parents[1] / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    out = ("physical model, spectral set 5, 8 draws, 18 free parameters\nnode kernels: 1.00M nonzeros\n"
+           "step                  ms\ncube                1.50\ncontractions       12.25\nforward            20.00\n"
+           "fwd+backward       45.50   (-ln p and its gradient, 4 chains)\n")
+    title, rows = run.parse_physical(out)
+    assert title.startswith("physical model") and [r["part"] for r in rows] == ["cube", "contractions", "forward",
+                                                                                 "fwd+backward"]
+    assert rows[3]["ms"] == 45.5 and rows[3]["note"] == "-ln p and its gradient, 4 chains"
+    load = (1.5, 1.0, 1.0)
+    res = {"meta": {"quick": True, "date": "d", "host": "h", "cpus": 2, "threads": 2, "python": "3", "torch": "2",
+                    "numpy": "2", "repeats": 3},
+           "kernels": [{"case": "phi cube", "note": "n", "starts": 1, "popsynth_s": 0.002, "reference_s": 0.003,
+                        "ratio": 1.5, "max_rel_diff": 1e-15, "peak_rss_mib": 300, "load_before": load}],
+           "runs": [{"args": "--mode cxb --starts 10000", "wall_s": 8.0, "setup_s": 1.0, "steps": 76, "steps_max": 500,
+                     "starts": 10000, "stalled": 10000, "peak_rss_mib": 600, "load_before": load, "ok": True},
+                    {"args": "--mode cxb --starts 100000", "wall_s": 70.0, "setup_s": 1.0, "steps": 77,
+                     "steps_max": 500, "starts": 100000, "stalled": 100000, "peak_rss_mib": 900, "load_before": load,
+                     "ok": True}],
+           "accuracy": {"ok": True, "z_nodes": 119, "epsrel": 1e-4, "starts": 2, "energies": 74,
+                        "popsynth_vs_quad_max_rel_diff": 1.9e-3, "worst_energy_keV": 5.7,
+                        "popsynth_vs_quad_median_rel_diff": 1.2e-4, "nodes_vs_popsynth_max_rel_diff": 2e-15,
+                        "load_before": load},
+           "physical": {"ok": True, "args": "--draws 8", "title": title, "rows": rows, "load_before": load}}
+    text = run.render(res)
+    assert "| `--mode cxb --starts 10000` | 8.0 s | 1.0 s | 76 (500) | 10000/10000 | 600 MiB | 1.50 |" in text
+    assert "| `--mode cxb --starts 10000` | < 10 s | 8.0 s | met (load 1.50) |" in text
+    assert "| `--mode cxb --starts 100000` | < 60 s, peak < 2 GiB | 70.0 s, 900 MiB | NOT met (load 1.50) |" in text
+    assert "max rel. diff 1.9e-03 (at 5.7 keV)" in text and "| fwd+backward | 45.50 |" in text
+    assert "| every kernel at least as fast as numpy | numpy / popsynth >= 1 | 1.50 (lowest) | met |" in text
