@@ -15,10 +15,15 @@ Optimisers:
   - "gd": plain gradient descent on w as in A19 eq. B6 (w -> w - lr dC/dw), with w clipped at
     1e-6 to stay positive. Gradients by autograd instead of A19's finite differences.
   - "adam": Adam on u = log w (positivity by construction).
-  - "lm": batched Levenberg-Marquardt on u = log w with per-start damping; Jacobians by
-    forward-mode autograd, the 15 tangents pushed through the whole batch of starts at once
-    (:func:`jacobian_rows`), in chunks of starts. The default: it converges in tens of steps
-    where gradient descent needs thousands.
+  - "lm": batched Levenberg-Marquardt on u = log w with per-start damping (gain ratio), in
+    chunks of starts; J^T J and J^T r written out for the point-fit residuals
+    (:meth:`FitResiduals.normal_equations`), else from forward-mode autograd Jacobians
+    (:func:`jacobian_rows`). The default: it converges in tens of steps where gradient descent
+    needs thousands.
+
+:class:`Convergence` decides when a start is done: for LM when the Gauss-Newton predicted
+decrease is below ``rtol`` of its loss (a stationary point; such starts are frozen), for the
+first-order optimisers when its loss has stopped improving.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Losses and batched optimisers: formulas by hand, recovery of known weights, batch independence."""
+"""Losses and batched optimisers: formulas by hand, recovery of known weights, batch independence,
+convergence (the Gauss-Newton test, frozen starts, weight bounds)."""
 
 import math
 
