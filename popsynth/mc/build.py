@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 cluster.close()
         print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
-    except PopsynthError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except PopsynthError as err:  # library messages name `device`; this command's flag is --device
+        print(f"error: {str(err).replace('`device`', '--device')}", file=sys.stderr)
         return 2
     return 0
 
