@@ -7,9 +7,8 @@ kernel case popsynth and the reference (tests/reference.py, the same algorithm i
 timed alternately, ``--repeats`` times each, and the medians are compared; both results are
 checked to agree to 1e-10. The end-to-end cases run ``train.py`` as a user would (warm spectral
 table cache) and read its wall time and peak RSS. Then the accuracy of popsynth's z integration
-against adaptive quadrature (benchmarks/bench_cxb_fit.py) and, in --quick, the split of one
-physical-model evaluation (benchmarks/bench_physical.py --draws 8 --free-spectra gamma
---repeat 5). The load average (os.getloadavg) is recorded before and after every case. Results go
+against adaptive quadrature (benchmarks/bench_cxb_fit.py) and the split of one physical-model
+evaluation (benchmarks/bench_physical.py --draws 8 --free-spectra gamma --repeat 5). The load average (os.getloadavg) is recorded before and after every case. Results go
 to ``benchmarks/results/run_<host>[_quick].json`` and, unless --no-readme, replace the block
 between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in benchmarks/README.md: numbers are
 never typed by hand.
@@ -263,7 +262,7 @@ def main(argv=None):
     acc = _accuracy(env, a.quick)
     print(f"accuracy: z-trapezoid vs quad_vec max rel. diff {acc.get('popsynth_vs_quad_max_rel_diff', float('nan')):.1e}  "
           f"load {acc['load_before'][0]:.2f}", file=sys.stderr)
-    phys = _physical(env) if a.quick else None
+    phys = _physical(env)
     if phys is not None:
         print(f"physical model ({phys['args']}): " + ", ".join(f"{r['part']} {r['ms']:.1f} ms" for r in phys["rows"])
               + f"  load {phys['load_before'][0]:.2f}", file=sys.stderr)
