@@ -270,13 +270,14 @@ def _run_locked(cfg: RunConfig, ckpt: dict | None, device: torch.device, out: Pa
     bar = fit_progress(steps, f"fit set {cfg.spec_set}", enabled=cfg.progress, initial=step0)
     step = step0
     while step < steps and not bool(conv.stalled(conv_state).all()):
-        new_state, loss = opt.step(state, residual_fn)
+        info = conv.step_info()
+        new_state, loss = opt.step(state, residual_fn, active=conv.active(conv_state), info=info)
         if not torch.isfinite(loss).all():
             checkpoint(step, False)
             _check_finite(loss, step + 1, step)
         state = new_state
         step += 1
-        conv_state = conv.update(conv_state, loss)
+        conv_state = conv.update(conv_state, loss, info)
         history.append([step, float(loss.min()), float(loss.median())])
         bar.set_postfix_str(f"best loss {float(loss.min()):.4g}", refresh=False)
         bar.update(1)

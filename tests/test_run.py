@@ -206,8 +206,8 @@ def test_cli_non_finite_fit_keeps_checkpoint(tmp_path, capsys, monkeypatch):
 
     real_step, calls = GradientDescent.step, []
 
-    def diverging(self, state, residual_fn):
-        new, loss = real_step(self, state, residual_fn)
+    def diverging(self, state, residual_fn, **kw):  # active=, info= of the fit loop
+        new, loss = real_step(self, state, residual_fn, **kw)
         calls.append(1)
         if len(calls) >= 3:
             loss = loss.clone()
