@@ -20,10 +20,11 @@ Why an emulator and not an exact differentiable rebuild (measured, spectral set 
 thread, load 3.7): one rebuild of the table takes 1.4 s, of the eight survey models 9.5 s and of the
 kernels 2 s, i.e. ~13 s without a gradient, against a budget of well under a second for -ln p and
 its gradient. So the kernels are tabulated once on a tensor grid of nodes in the free
-hyperparameters (default 3 per hyperparameter: lower bound, the set's value, upper bound; E_cut in
-ln E_cut) and interpolated with tensor-product Lagrange polynomials (quadratic for 3 nodes) in the
-logarithm of every feature: x_f = exp(sum_c w_c(eta) ln x_{c,f}(phi)) with x_{c,f} the contraction of
-node c's kernel with the cube (interpolating x itself was 10 times less accurate: 3.5 % against
+hyperparameters (default 3 per hyperparameter: lower bound, the set's value, upper bound) and
+interpolated with tensor-product Lagrange polynomials (quadratic for 3 nodes) in the
+logarithm of every feature, in the coordinates gamma, ln R and 1/E_cut (:data:`_COORD`):
+x_f = exp(sum_c w_c(eta) ln x_{c,f}(phi)) with x_{c,f} the contraction of node c's kernel with the
+cube (interpolating x itself was 10 times less accurate: 3.5 % against
 0.3 % at the highest CXB energies, where the kernels vary as E^-Gamma). The
 weights are smooth in eta, so NUTS gets exact gradients of the emulator, and at a node the emulator
 is that node's kernels exactly (the set's own value is a node: with the hyperparameters at the set's
@@ -32,9 +33,10 @@ against direct builds is measured in ``tests/test_physical.py`` (and :func:`emul
 stated in docs/physical.md.
 
 Why the full tensor grid (3^k nodes) and not a first-order one (1 + 2k nodes, additive in ln x):
-measured with all three free, the first-order emulator misses the cross terms by up to 14 % of a
-counts feature and 4 % of a CXB point at the corners of the box (-2 ln L off by tens to
-hundreds), against 1e-3 .. 1e-2 for the tensor grid midway between its nodes.
+measured with all three free (64 draws), the first-order emulator misses the cross terms by up to
+11 % of a counts feature and 4 % of a CXB point at the corners of the box (-2 ln L off by 14-330,
+median over cubes), against 5e-3 and 3e-3 for the tensor grid midway between its nodes in every
+hyperparameter (-2 ln L off by 0.1-7.5).
 
 Cost: the contraction with 27 nodes' kernels is what an evaluation pays for. The cumulative kernels
 are held differenced along log L (:class:`NodeContraction`): 11.6M nonzeros for the 27 nodes
@@ -63,7 +65,33 @@ from .spectra.sets import SpectralSet, get_spectral_set
 SPECTRAL_NAMES = ("gamma", "refl", "ecut")
 _FIELD = {"gamma": "gamma", "refl": "refl", "ecut": "ecut"}
 _MODE = {"gamma": "shift", "refl": "scale", "ecut": "scale"}
-_COORD = {"gamma": "lin", "refl": "lin", "ecut": "log"}
+#: Interpolation coordinate of each hyperparameter, chosen by measuring quadratic interpolation in
+#: ln x midway between nodes against direct builds (64 draws, 16 cubes; max relative error of the
+#: CXB points / counts features, max |delta(-2 ln L)|): gamma linear (1e-4 / 3e-3 / 0.7; ln gamma
+#: 1e-3 / 3e-3 / 2.0); refl in ln R (2e-3 / 4e-3 / 3.7; linear 4e-3 / 1e-2 / 6.5); ecut in 1/E_cut
+#: (2e-3 / 2e-3 / 1.5; ln E_cut 8e-3 / 6e-3 / 12.7, linear 7e-2 / 4e-2 / 81): a spectrum's
+#: exp(-E / E_cut) is linear in 1/E_cut.
+_COORD = {"gamma": "lin", "refl": "log", "ecut": "inv"}
+
+
+def _coord(name: str, x):
+    """The interpolation coordinate of hyperparameter ``name`` at x (tensor or float)."""
+    kind = _COORD[name]
+    if kind == "lin":
+        return x
+    if kind == "log":
+        return torch.log(x) if isinstance(x, torch.Tensor) else math.log(x)
+    return 1.0 / x
+
+
+def _from_coord(name: str, c):
+    """Inverse of :func:`_coord`."""
+    kind = _COORD[name]
+    if kind == "lin":
+        return c
+    if kind == "log":
+        return torch.exp(c) if isinstance(c, torch.Tensor) else math.exp(c)
+    return 1.0 / c
 
 
 def set_value(spec: SpectralSet | int, name: str) -> float:
@@ -277,7 +305,7 @@ class SpectralEmulator:
     def __init__(self, names, nodes, k_cxb, k_phi, k_fine, dlogl, seconds: float = 0.0):
         self.names = tuple(names)
         self.nodes = [torch.as_tensor(np.asarray(n, dtype=np.float64), dtype=DTYPE) for n in nodes]
-        self.coord_nodes = [torch.log(n) if _COORD[name] == "log" else n for name, n in zip(self.names, self.nodes)]
+        self.coord_nodes = [_coord(name, n) for name, n in zip(self.names, self.nodes)]
         self.k_cxb, self.k_fine = k_cxb, k_fine
         self._k_cxb_mat = None
         self.n_nodes = int(k_cxb.shape[0])
@@ -289,7 +317,7 @@ class SpectralEmulator:
         """Interpolation weights [B, C] at hyperparameters eta [B, k] (order of ``names``)."""
         w = None
         for i, name in enumerate(self.names):
-            c = torch.log(eta[:, i]) if _COORD[name] == "log" else eta[:, i]
+            c = _coord(name, eta[:, i])
             wi = lagrange_weights(c, self.coord_nodes[i])  # [B, n_i]
             w = wi if w is None else (w[:, :, None] * wi[:, None, :]).reshape(w.shape[0], -1)
         return w
@@ -298,14 +326,14 @@ class SpectralEmulator:
         """Weights [B, C] on the same nodes of the first-order (additive in ln x) alternative,
         ln x = ln x_0 + sum_i [sum_j w_ij(eta_i) ln x_(i, j) - ln x_0], which needs only the centre
         and the 2 k axis nodes (1 + 2k builds instead of 3^k). Not used by the model: measured, it
-        misses the cross terms by up to 13 % at the corners of the box (docs/physical.md)."""
+        misses the cross terms by up to 11 % at the corners of the box (docs/physical.md)."""
         shape = [len(n) for n in self.nodes]
         centre = [n // 2 for n in shape]
         flat = lambda idx: int(np.ravel_multi_index(idx, shape))  # noqa: E731
         w = torch.zeros(eta.shape[0], self.n_nodes, dtype=eta.dtype, device=eta.device)
         w[:, flat(centre)] = 1.0
         for i, name in enumerate(self.names):
-            c = torch.log(eta[:, i]) if _COORD[name] == "log" else eta[:, i]
+            c = _coord(name, eta[:, i])
             wi = lagrange_weights(c, self.coord_nodes[i])
             for j in range(shape[i]):
                 idx = list(centre)
@@ -370,17 +398,16 @@ class EmulatedKernels:
 def node_values(model, spec: SpectralSet, names) -> list[list[float]]:
     """Nodes of each free hyperparameter: (lower bound, value, upper bound) of the configuration,
     more when ``model.spectral_nodes`` > 3 (evenly in the interpolation coordinate on each side)."""
-    n = int(getattr(model, "spectral_nodes", 3))
+    count = int(getattr(model, "spectral_nodes", 3))
     out = []
     for name in names:
         lo, hi = model.bound(name)
         v = model.value(name)
-        f = (math.log, math.exp) if _COORD[name] == "log" else (lambda x: x, lambda x: x)
-        a, c, b = f[0](lo), f[0](v), f[0](hi)
-        k = max(1, (n - 1) // 2)
-        left = [a + (c - a) * i / k for i in range(k)]
-        right = [c + (b - c) * i / k for i in range(1, k + 1)]
-        out.append([f[1](x) for x in left] + [v] + [f[1](x) for x in right])
+        a, c, b = _coord(name, lo), _coord(name, v), _coord(name, hi)
+        k = max(1, (count - 1) // 2)
+        left = [lo] + [_from_coord(name, a + (c - a) * i / k) for i in range(1, k)]
+        right = [_from_coord(name, c + (b - c) * i / k) for i in range(1, k)] + [hi]
+        out.append(left + [v] + right)
     return out
 
 
@@ -406,7 +433,8 @@ def build_node(prob, cfg, model, spec: SpectralSet, device=None):
 def _cache_key(cfg, model, spec, names, nodes) -> str:
     from . import __version__
 
-    payload = {"spec": spec.describe(), "names": list(names), "nodes": [list(map(float, n)) for n in nodes],
+    payload = {"spec": spec.describe(), "names": list(names),
+               "nodes": [[float(f"{float(x):.12g}") for x in n] for n in nodes],  # robust to round trips
                "draws": cfg.draws, "seed": cfg.spectra_seed, "spectral_model": cfg.spectral_model,
                "torus_table": str(cfg.torus_table), "counts": list(cfg.counts), "use_ct": cfg.use_ct,
                "binned_xlf": list(model.binned_xlf), "version": __version__, "format": 1}
@@ -505,7 +533,7 @@ def emulator_error(pp, n_cubes: int = 16, seed: int = 0) -> dict:
         nodes = em.node_features(phi, phi1, ks.lw)  # [B, 27, F]
         for side in itertools.product((0, 2), repeat=3):
             c = [0.5 * (em.coord_nodes[i][s] + em.coord_nodes[i][1]) for i, s in enumerate(side)]
-            vals = {n: float(torch.exp(v) if _COORD[n] == "log" else v) for n, v in zip(em.names, c)}
+            vals = {n: float(_from_coord(n, v)) for n, v in zip(em.names, c)}
             eta = torch.tensor([[vals[n] for n in em.names]], dtype=DTYPE).expand(n_cubes, -1)
             _, kd = build_node(pp.prob, pp.cfg, pp.model, spectral_set_at(spec, vals))
             out["tensor"].append(compare(vals, _log_interp(em.weights(eta), nodes), kd.features(phi, phi1)))
