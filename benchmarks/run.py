@@ -222,9 +222,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     ap.add_argument("--case", nargs=3, metavar=("NAME", "REPEATS", "STARTS"), help=argparse.SUPPRESS)
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the README block from a results file of this script")
     a = ap.parse_args(argv)
     if a.case:
         _run_case_child(a.case[0], int(a.case[1]), int(a.case[2]))
+        return
+    if a.render:
+        _write_readme(render(json.loads(Path(a.render).read_text())))
         return
     env = dict(os.environ)
     if a.threads:
@@ -280,11 +284,16 @@ def main(argv=None):
     block = render(res)
     print(block)
     if not a.no_readme:
-        text = README.read_text()
-        if START in text and END in text:
-            text = text[:text.index(START) + len(START)] + "\n" + block + "\n" + text[text.index(END):]
-            README.write_text(text)
+        _write_readme(block)
     print(f"wrote {path}", file=sys.stderr)
+
+
+def _write_readme(block: str) -> None:
+    """Replace the block between the bench markers of benchmarks/README.md."""
+    text = README.read_text()
+    if START in text and END in text:
+        text = text[:text.index(START) + len(START)] + "\n" + block + "\n" + text[text.index(END):]
+        README.write_text(text)
 
 
 #: issue 13's targets on 2 CPU cores: (run arguments, wall s, peak RSS MiB or None)
@@ -314,8 +323,9 @@ def render(res: dict) -> str:
     acc = res.get("accuracy") or {}
     if acc.get("ok"):
         lines += ["", f"Accuracy (`benchmarks/bench_cxb_fit.py`): popsynth's z-trapezoid CXB ({acc['z_nodes']} nodes) "
-                  f"against a converged adaptive integral of the same integrand (scipy `quad_vec`, epsrel "
-                  f"{acc['epsrel']:g}), {acc['starts']} weight vectors x {acc['energies']} energies: max rel. diff "
+                  f"against an adaptive integral of the same integrand (scipy `quad_vec`, epsrel {acc['epsrel']:.0e}; "
+                  f"tighter tolerances give the same difference), {acc['starts']} weight vectors x {acc['energies']} "
+                  f"energies: max rel. diff "
                   f"{acc['popsynth_vs_quad_max_rel_diff']:.1e} (at {acc['worst_energy_keV']:.3g} keV), median "
                   f"{acc['popsynth_vs_quad_median_rel_diff']:.1e}; the reference integrand summed on popsynth's nodes "
                   f"equals popsynth to {acc['nodes_vs_popsynth_max_rel_diff']:.0e}. Load {acc['load_before'][0]:.2f}."]

@@ -143,5 +143,5 @@ def test_run_py_renders_its_results_and_reads_bench_physical():
     assert "| `--mode cxb --starts 10000` | 8.0 s | 1.0 s | 76 (500) | 10000/10000 | 600 MiB | 1.50 |" in text
     assert "| `--mode cxb --starts 10000` | < 10 s | 8.0 s | met (load 1.50) |" in text
     assert "| `--mode cxb --starts 100000` | < 60 s, peak < 2 GiB | 70.0 s, 900 MiB | NOT met (load 1.50) |" in text
-    assert "max rel. diff 1.9e-03 (at 5.7 keV)" in text and "| fwd+backward | 45.50 |" in text
+    assert "max rel. diff 1.9e-03 (at 5.7 keV)" in text and "epsrel 1e-04" in text and "| fwd+backward | 45.50 |" in text
     assert "| every kernel at least as fast as numpy | numpy / popsynth >= 1 | 1.50 (lowest) | met |" in text
