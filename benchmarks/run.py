@@ -45,10 +45,17 @@ def _median(xs):
     return xs[len(xs) // 2]
 
 
-def _pair(pop, ref, repeats):
-    """Alternate popsynth and reference calls; medians in seconds and the last results."""
+def _pair(pop, ref, repeats, min_total=0.5, max_repeats=200):
+    """Alternate popsynth and reference calls; medians in seconds and the last results.
+
+    One untimed call of each first (lazy initialisation, first touch of fresh memory), then at
+    least ``repeats`` alternating pairs, more for fast kernels (until each side has run about
+    ``min_total`` seconds, at most ``max_repeats``): a median of 7 calls of a 3 ms kernel on a
+    shared machine is mostly noise."""
+    t = time.perf_counter(); pop(); t1 = time.perf_counter(); ref(); t2 = time.perf_counter()  # noqa: E702
+    n = min(max(repeats, int(min_total / max(min(t1 - t, t2 - t1), 1e-6))), max(repeats, max_repeats))
     tp, tr = [], []
-    for _ in range(repeats):
+    for _ in range(n):
         t = time.perf_counter(); a = pop(); tp.append(time.perf_counter() - t)  # noqa: E702
         t = time.perf_counter(); b = ref(); tr.append(time.perf_counter() - t)  # noqa: E702
     return _median(tp), _median(tr), a, b
