@@ -121,7 +121,8 @@ def setup(spec_set: int = 5, model: PhysicalModel | None = None, draws: int = 64
     from .physical import SPECTRAL_PARAM_NAMES
     from .physical_spectra import _problem_with_table, build_emulator, spectral_set_at, EmulatedKernels
     from .run import RunConfig, build_problem
-    from .spectra.model import build_spectral_table, make_components
+    from .spectra.cache import build_spectral_table
+    from .spectra.registry import make_components
     from .spectra.sets import get_spectral_set
 
     t0 = time.time()

@@ -423,7 +423,8 @@ def _problem_with_table(prob, cfg, table, device):
 def build_node(prob, cfg, model, spec: SpectralSet, device=None):
     """(table, kernels) of one spectral set (a hyperparameter node); builds the survey models anew."""
     from .physical_kernels import build_kernels
-    from .spectra.model import build_spectral_table, make_components
+    from .spectra.cache import build_spectral_table
+    from .spectra.registry import make_components
 
     table = build_spectral_table(spec, prob.grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
                                  components=make_components(cfg.spectral_model, cfg.torus_table), device=device)

@@ -26,7 +26,8 @@ def pp():
 
 @pytest.fixture(scope="module")
 def table(pp):
-    from popsynth.spectra.model import build_spectral_table, make_components
+    from popsynth.spectra.cache import build_spectral_table
+    from popsynth.spectra.registry import make_components
 
     cfg = pp.cfg
     return build_spectral_table(cfg.spec_set, pp.prob.grid.lognh_edges, n_draws=cfg.draws, seed=cfg.spectra_seed,
