@@ -422,7 +422,7 @@ class SurveyModel:
 
         Memory: B * nz * nN * nS doubles per draw.
         """
-        return _cumulative_from_cube(self.on_model_z(phi), self)[0]
+        return _cumulative_from_cube(self.on_model_z(phi), self, differential=False)[0]
 
     def differential_cube(self, phi: torch.Tensor) -> torch.Tensor:
         """dN/dS at ``fluxes`` for cubes phi [B, nz_grid, nL, nN] -> [B, nS]."""
@@ -442,10 +442,12 @@ class SurveyModel:
         return selected_counts(phi, *args, share=self.nh_share) / selected_counts(phi, *args)
 
 
-def _cumulative_from_cube(phi: torch.Tensor, m: SurveyModel):
-    """(N(>S), dN/dS) at m.fluxes for phi [B, nz, nL, nN]: each [B, nS] (:func:`popsynth.response.counts_response`)."""
-    cum, dif = counts_response(phi, m.log_k, m.fluxes, m.vol, m.dlogl, m.dlognh, m.logl_edges)
-    return cum[:, 0, 0], dif[:, 0, 0]
+def _cumulative_from_cube(phi: torch.Tensor, m: SurveyModel, differential: bool = True):
+    """(N(>S), dN/dS) at m.fluxes for phi [B, nz, nL, nN]: each [B, nS] (:func:`popsynth.response.counts_response`;
+    dN/dS None unless ``differential``)."""
+    cum, dif = counts_response(phi, m.log_k, m.fluxes, m.vol, m.dlogl, m.dlognh, m.logl_edges,
+                               differential=differential)
+    return cum[:, 0, 0], dif[:, 0, 0] if differential else None
 
 
 def _selection_share(survey: Survey, log_k: torch.Tensor, edges: torch.Tensor, dl: torch.Tensor,

@@ -94,7 +94,7 @@ def _contract(x: torch.Tensor, wzn: torch.Tensor) -> torch.Tensor:
 
 def counts_response(phi: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor, vol: torch.Tensor,
                     dl: torch.Tensor, dn: torch.Tensor, edges: torch.Tensor, nh_select: torch.Tensor | None = None,
-                    l_bounds=None):
+                    l_bounds=None, differential: bool = True):
     """N(>S) and dN/dS of cubes at ``fluxes``, split by N_H selector and log L range (the module docstring
     of :mod:`popsynth.observables` gives the formulas).
 
@@ -106,6 +106,7 @@ def counts_response(phi: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor
       l_bounds: optional log L range edges (log10 erg/s, J+1 values); range j takes the part of
         every cell inside [l_bounds[j], l_bounds[j+1]] (C(clamp(t, a, b)) - C(b), slope for a < t < b).
         Default: the whole axis.
+      differential: False skips dN/dS (returned as None) where only N(>S) is wanted; N(>S) is the same.
     Returns (N(>S) in deg^-2, dN/dS in deg^-2 (erg cm^-2 s^-1)^-1), each float64 [B, C, J, nS].
     The block responses are phi0 [1, ...] with the N_H class one-hot and the block log L ranges.
     """
@@ -117,7 +118,7 @@ def counts_response(phi: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor
     wzn = (vol[:, None, None] * (dn[:, None] * nh_select)[None]).reshape(nz * nn, -1)  # [nz*nN, C]
     whole = l_bounds is None
     if whole and nh_select.shape[1] == 1:
-        return _whole_counts(c, log_k, fluxes, wzn[:, 0], edges)
+        return _whole_counts(c, log_k, fluxes, wzn[:, 0], edges, differential)
     bounds = [float(edges[0]), float(edges[-1])] if whole else list(l_bounds)
     bounds[0], bounds[-1] = float(edges[0]), float(edges[-1])
     logs = torch.log10(fluxes)
@@ -149,28 +150,32 @@ _CHUNK_ELEMENTS = 2 ** 24
 """Doubles per [B, draws, M, nS] intermediate of :func:`_whole_counts` (128 MiB)."""
 
 
-def _whole_counts(c: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor, wzn: torch.Tensor, edges: torch.Tensor):
+def _whole_counts(c: torch.Tensor, log_k: torch.Tensor, fluxes: torch.Tensor, wzn: torch.Tensor, edges: torch.Tensor,
+                  differential: bool = True):
     """:func:`counts_response` over the whole log L axis and all N_H cells, vectorised over chunks of draws.
 
     The same interpolant as :func:`interp_edges` (value c0 + s (c1 - c0), slope (c1 - c0) / width inside
-    the edges); c [B, M, nL+1], log_k [D, nz, nN], wzn [M]. Returns each [B, 1, 1, nS]."""
+    the edges); c [B, M, nL+1], log_k [D, nz, nN], wzn [M]. Returns each [B, 1, 1, nS] (dN/dS None
+    unless ``differential``)."""
     b, m, _ = c.shape
     dk, ns = log_k.shape[0], fluxes.numel()
     logs = torch.log10(fluxes)
     cum = torch.zeros(b, ns, dtype=DTYPE, device=c.device)
     dif = torch.zeros_like(cum)
+    c_step = c[..., 1:] - c[..., :-1]  # [B, M, nL]: c1 - c0 of every interval, gathered once per query
     step = max(1, _CHUNK_ELEMENTS // max(1, b * m * ns))
     for d0 in range(0, dk, step):
         t = (logs - log_k[d0:d0 + step].reshape(-1, m, 1)).contiguous()  # [Dc, M, nS]
-        i0, idx, s, width = bracket(edges, t)
+        i0, _, s, width = bracket(edges, t)
         shape = (b,) + tuple(t.shape)
-        cx = c[:, None].expand(b, t.shape[0], m, c.shape[-1])
-        c0, c1 = torch.gather(cx, -1, i0.expand(shape)), torch.gather(cx, -1, idx.expand(shape))  # [B, Dc, M, nS]
-        step_c = c1 - c0
-        inside = ((t > edges[0]) & (t < edges[-1])).to(DTYPE) / width
-        cum += torch.einsum("bdms,m->bs", c0 + s * step_c, wzn)
-        dif -= torch.einsum("bdms,dms,m->bs", step_c, inside, wzn)
-    return (cum / dk)[:, None, None], (dif / (dk * fluxes * _LN10))[:, None, None]
+        i0 = i0.expand(shape)
+        c0 = torch.gather(c[:, None].expand(b, t.shape[0], m, c.shape[-1]), -1, i0)  # [B, Dc, M, nS]
+        step_c = torch.gather(c_step[:, None].expand(b, t.shape[0], m, c_step.shape[-1]), -1, i0)  # c1 - c0
+        cum += torch.einsum("bdms,m->bs", (s * step_c).add_(c0), wzn)  # c0 + s (c1 - c0), one buffer
+        if differential:
+            inside = ((t > edges[0]) & (t < edges[-1])).to(DTYPE) / width
+            dif -= torch.einsum("bdms,dms,m->bs", step_c, inside, wzn)
+    return (cum / dk)[:, None, None], (dif / (dk * fluxes * _LN10))[:, None, None] if differential else None
 
 
 def block_counts_response(phi0: torch.Tensor, log_k, fluxes, vol, dl, dn, edges, lognh):

@@ -96,3 +96,33 @@ def test_intrinsic_block_counts_and_ct_fraction(small):
     _close(intrinsic_ct_fraction(w[:1], c, 43.0), (c[keep & BLOCKS.is_ct()].sum() / c[keep].sum())[None])
     with pytest.raises(Exception, match="zmax"):
         intrinsic_block_counts(phi, g, 0.1234)
+
+
+def test_whole_counts_bits_and_the_cumulative_only_path(small):
+    """The whole-axis N(>S) gathers c0 and the interval step c1 - c0 (taken once per interval): the
+    same bits as gathering c0 and c1 per query; differential=False gives the same N(>S) and no dN/dS."""
+    from popsynth._tensor import bracket
+    from popsynth.response import reverse_cumulative
+
+    g, phi, gen = small
+    nz, _, nn = g.shape
+    log_k = -46.0 + torch.rand(5, nz, nn, generator=gen, dtype=DT)
+    fluxes = torch.tensor([1e-16, 1e-14, 3e-13, 1e-11], dtype=DT)
+    vol = torch.rand(nz, generator=gen, dtype=DT) * 1e6
+    dl, dn, edges = g.buffer("dlogl"), g.buffer("dlognh"), g.buffer("logl_edges")
+    cubes = torch.stack([phi, 2 * phi])
+    cum, dif = counts_response(cubes, log_k, fluxes, vol, dl, dn, edges)
+    # the former formula, written out: per-query gathers of c0 and c1
+    c = reverse_cumulative(cubes, dl).reshape(2, nz * nn, -1)
+    t = (torch.log10(fluxes) - log_k.reshape(-1, nz * nn, 1)).contiguous()
+    i0, i1, s, width = bracket(edges, t)
+    cx = c[:, None].expand(2, t.shape[0], nz * nn, c.shape[-1])
+    c0, c1 = torch.gather(cx, -1, i0.expand((2,) + t.shape)), torch.gather(cx, -1, i1.expand((2,) + t.shape))
+    wzn = (vol[:, None] * dn[None, :]).reshape(-1)
+    old = torch.zeros(2, 4, dtype=DT) + torch.einsum("bdms,m->bs", c0 + s * (c1 - c0), wzn)
+    assert torch.equal(cum[:, 0, 0], old / 5)
+    inside = ((t > edges[0]) & (t < edges[-1])).to(DT) / width
+    old_dif = torch.zeros(2, 4, dtype=DT) - torch.einsum("bdms,dms,m->bs", c1 - c0, inside, wzn)
+    assert torch.equal(dif[:, 0, 0], old_dif / (5 * fluxes * np.log(10.0)))
+    cum_only, none = counts_response(cubes, log_k, fluxes, vol, dl, dn, edges, differential=False)
+    assert none is None and torch.equal(cum_only, cum)

@@ -117,6 +117,10 @@ def test_interp_loglog_bits_unchanged(seed):
     fp[0, 0, 5:9] = 0.0  # zeros interpolate as zero
     x = torch.cat([xp[::3], torch.rand(30, generator=gen, dtype=DT) * 120 + 0.05]).reshape(2, -1)
     assert torch.equal(interp_loglog(x, xp, fp), _old_interp_loglog(x, xp, fp))
+    # the autograd path (out of place) gives the same values and a correct gradient
+    f = (fp[1:] + 1e-3).requires_grad_(True)  # away from 0, where log f is steep for the finite differences
+    assert torch.equal(interp_loglog(x, xp, f).detach(), _old_interp_loglog(x, xp, f.detach()))
+    assert torch.autograd.gradcheck(lambda v: interp_loglog(x, xp, v), (f,))
 
 
 def test_bracket_conventions():
