@@ -8,14 +8,4 @@ weights, fitted by autograd over many random starts at once.
 
 __version__ = "0.1.0"
 
-import os as _os
-
-# Large CPU tensors (cubes of tens of MB, the [Q, M] gathers of the spectral interpolation) are
-# fresh mmap allocations each time; with 4 kB pages the first touch of every page faults, which
-# made building a [10, 119, 120, 60] cube 4x slower than the same numpy code (numpy asks for
-# transparent huge pages on large arrays by default). torch does the same when this variable is
-# set before its first large allocation; results are unchanged (allocation only). A value set
-# by the user wins; THP_MEM_ALLOC_ENABLE=0 turns it off.
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from .errors import PopsynthError  # noqa: F401
