@@ -66,9 +66,42 @@ def _distances(z_bytes: bytes, h0: float, om0: float) -> tuple[np.ndarray, np.nd
     computed once per process for each grid (the run set-up asks for the same nodes many times).
     The arrays are read-only."""
     z = np.frombuffer(z_bytes, dtype=np.float64)
-    cosmo = _astropy_cosmology(h0, om0)
-    out = (cosmo.luminosity_distance(z).to_value("Mpc") * MPC_CM,
-           cosmo.differential_comoving_volume(z).to_value("Mpc3 / sr"), np.asarray(cosmo.efunc(z), dtype=np.float64))
+
+    def compute():
+        cosmo = _astropy_cosmology(h0, om0)
+        return (cosmo.luminosity_distance(z).to_value("Mpc") * MPC_CM,
+                cosmo.differential_comoving_volume(z).to_value("Mpc3 / sr"),
+                np.asarray(cosmo.efunc(z), dtype=np.float64))
+
+    out = _disk_cached(compute, z, h0, om0) if z.size >= 16 else compute()
     for a in out:
         a.setflags(write=False)
     return out
+
+
+def _disk_cached(compute, z: np.ndarray, h0: float, om0: float):
+    """``compute()``'s three arrays, kept in the cache folder under the redshifts, H0, Om0 and
+    astropy's version: a run's set-up then reads astropy's numbers instead of importing
+    astropy.cosmology (~1 s with scipy.integrate). The values are astropy's, bit for bit."""
+    import importlib.metadata
+
+    from .io.cache import arrays_sha256, cache_file, cache_key, cached
+
+    key = cache_key({"z": arrays_sha256(z), "H0": repr(h0), "Om0": repr(om0), "Tcmb0": 0.0,
+                     "astropy": importlib.metadata.version("astropy")})
+
+    def load(path, k):
+        try:
+            with np.load(path) as f:
+                if str(f["key"]) != k:
+                    return None
+                return tuple(np.array(f[n], dtype=np.float64) for n in ("d_l_cm", "dvc", "efunc"))
+        except Exception:  # noqa: BLE001 - damaged: recompute
+            return None
+
+    def save(tmp, v):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, key=np.array(key), d_l_cm=v[0], dvc=v[1], efunc=v[2])
+
+    return cached(compute, key, path=cache_file("cosmology", f"distances-{key}.npz"), load=load, save=save,
+                  what="distance cache file")

@@ -552,6 +552,35 @@ _SAMPLE_FIELDS = ("selection", "dndz_response", "sample_response", "ct_response"
 """SurveyModel fields of the selected sample (CT fractions, dN/dz), which counts models compute on first use."""
 
 
+def model_state(m: SurveyModel) -> dict:
+    """A :class:`SurveyModel` as plain data for a cache file ({name: CPU tensor}, nh_threshold, target,
+    lazy): loadable with ``torch.load(weights_only=True)``. The survey and the data row are not in
+    it; :func:`model_from_state` takes them from the caller. Sample fields not yet computed stay out."""
+    lazy = "_pending_samples" in m.__dict__
+    tensors = {f.name: m.__dict__[f.name].detach().cpu() for f in fields(m)
+               if isinstance(m.__dict__.get(f.name), torch.Tensor)}
+    return {"tensors": tensors, "nh_threshold": float(m.nh_threshold), "target": str(m.target), "lazy": lazy}
+
+
+def model_from_state(state: dict, survey: Survey, data, grid: Grid, phi0: torch.Tensor, device=None) -> SurveyModel:
+    """The :class:`SurveyModel` of :func:`model_state` for ``survey`` and ``data`` (the ones it was
+    built for), with its tensors on ``device`` (default phi0's). A lazy counts model gets back the
+    arguments of its sample fields (grid and phi0 [nz_grid, nL, nN] from the caller, the rest from
+    its own tensors, as :func:`build_survey_model` passes them)."""
+    dev = phi0.device if device is None else torch.device(device)
+    t = {k: v.to(dev) for k, v in state["tensors"].items()}
+    m = SurveyModel(survey=survey, nh_threshold=state["nh_threshold"], target=state["target"], data=data,
+                    **{k: t.get(k) for k in (f.name for f in fields(SurveyModel))
+                       if k not in ("survey", "nh_threshold", "target", "data")})
+    if state["lazy"]:
+        for k in _SAMPLE_FIELDS:
+            object.__delattr__(m, k)
+        z_used = (t["z_weights"] > 0).to(DTYPE)
+        m._pending_samples = (survey, grid, phi0.to(dev, DTYPE), t["z_interp"], t["log_k"], t["logl_edges"], t["dlogl"],
+                              t["dlognh"], t["dvol"], z_used, t["z_weights"], t["vol"], t["nh_share"])
+    return m
+
+
 def _sample_responses(survey, grid, phi0_grid, z_interp, log_k, edges, dl, dn, dvol, z_used, wz, vol, share) -> dict:
     """The selection share and the sample responses of :func:`build_survey_model` (see SurveyModel)."""
     dev = log_k.device

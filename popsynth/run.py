@@ -100,7 +100,8 @@ def build_problem(cfg: RunConfig, device: torch.device, log=print) -> Problem:
     ct = {zmax: intrinsic_block_counts(phi0, grid, zmax) for zmax in (0.1, 1.0)}
     cons = None
     if cfg.mode != "cxb":
-        cons = Constraints(grid, phi0, table, cfg.counts, cfg.use_ct, cfg.counts_weight, cfg.ct_weight, device=device)
+        cons = Constraints(grid, phi0, table, cfg.counts, cfg.use_ct, cfg.counts_weight, cfg.ct_weight, device=device,
+                           cache=True)
     return Problem(grid, phi0, data, models[0], models[1], ct, literature, cons, table.meta, time.time() - t0)
 
 

@@ -22,6 +22,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -149,12 +150,59 @@ def _today_physics(
     key = (str(abund), tuple(elements), float(ln_e0), float(dln), nodes.size,
            hashlib.blake2b(nodes.tobytes(), digest_size=16).hexdigest())
     if key not in _TODAY:
-        rows, lines = medium_physics(np.exp(ln_e0 + dln * nodes), abund=str(abund), elements=tuple(elements))
-        info = line_source(lines)
-        info["line_names"] = [ln.name for ln in lines]
-        info["line_energies_keV"] = [float(ln.energy_keV) for ln in lines]
-        _TODAY[key] = (rows, info)
+        def compute():
+            rows, lines = medium_physics(np.exp(ln_e0 + dln * nodes), abund=str(abund), elements=tuple(elements))
+            info = line_source(lines)
+            info["line_names"] = [ln.name for ln in lines]
+            info["line_energies_keV"] = [float(ln.energy_keV) for ln in lines]
+            return rows, info
+
+        _TODAY[key] = _disk_cached_physics(key, compute)
     return _TODAY[key]
+
+
+def _xraydb_files() -> dict | None:
+    """xraydb's version and its database's sha256, found without importing xraydb (an import
+    takes ~1 s); None when the package or its database cannot be located."""
+    import importlib.metadata
+    import importlib.util
+
+    from ..io.cache import file_sha256
+
+    try:
+        spec = importlib.util.find_spec("xraydb")
+        db = Path(spec.origin).parent / "xraydb.sqlite"
+        return {"version": importlib.metadata.version("xraydb"), "db_sha256": file_sha256(db)}
+    except Exception:  # noqa: BLE001 - then no disk cache, the physics is computed
+        return None
+
+
+def _disk_cached_physics(key: tuple, compute):
+    """``compute()`` (today's medium physics at a table's sampled nodes), kept in the cache folder
+    under a key of the arguments, xraydb's version and database sha256 and the package sources:
+    the load-time currency check then costs a file read instead of importing xraydb and
+    evaluating its cross sections (~1.6 s). Without a locatable database, computed every time."""
+    import pickle
+
+    from ..constraints import source_digest
+    from ..io.cache import cache_file, cache_key, cached
+
+    xdb = _xraydb_files()
+    if xdb is None:
+        return compute()
+    ck = cache_key({"args": list(key[:2]) + [repr(key[2]), repr(key[3])] + list(key[4:]), "xraydb": xdb,
+                    "code": source_digest()})
+
+    def load(path, k):
+        try:
+            blob = pickle.loads(Path(path).read_bytes())
+        except Exception:  # noqa: BLE001 - damaged: recompute
+            return None
+        return blob["value"] if isinstance(blob, dict) and blob.get("key") == k else None
+
+    return cached(compute, ck, path=cache_file("physics", f"medium-{ck}.pkl"), load=load,
+                  save=lambda tmp, v: Path(tmp).write_bytes(pickle.dumps({"key": ck, "value": v})),
+                  what="medium-physics cache file")
 
 
 @dataclass

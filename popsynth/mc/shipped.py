@@ -117,7 +117,12 @@ def check_shipped_tables(kinds: tuple[str, ...] = ("torus", "slab")) -> dict[str
 
 
 def _clear_check_caches() -> None:
-    """Forget cached check results, today's physics samples and issued warnings (tests)."""
+    """Forget cached check results, today's physics samples (in memory and in the cache folder)
+    and issued warnings (tests that change the physics)."""
+    from ..io.cache import cache_file
+
     _TODAY.clear()
     _CHECKS.clear()
     _WARNED.clear()
+    for f in cache_file("physics", "x").parent.glob("medium-*.pkl"):
+        f.unlink(missing_ok=True)
