@@ -52,7 +52,7 @@ def accuracy(starts: int = 3, epsrel: float = 1e-4, seed: int = 0) -> dict:
     from popsynth.cosmology import MPC_CM, CosmologyParams, distance_tables
     from popsynth.fit import initial_weights
     from popsynth.run import build_problem
-    from popsynth.spectra.model import build_spectral_table
+    from popsynth.spectra.cache import build_spectral_table
 
     cfg = RunConfig(mode="cxb", progress=False)
     prob = build_problem(cfg, torch.device("cpu"), log=lambda *a: None)

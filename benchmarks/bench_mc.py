@@ -22,16 +22,16 @@ import numpy as np
 import torch
 
 from popsynth.mc.geometry import SlabGeometry, SphereBiconeGeometry
-from popsynth.mc.greens import (
+from popsynth.io.greens import read_greens
+from popsynth.mc.grids import (
     DEFAULT_THETA_TOR,
-    default_table_path,
     default_torus_log_nh,
     input_energy_edges,
     output_energy_edges,
-    read_greens,
     slab_cos_edges,
     torus_cos_edges,
 )
+from popsynth.mc.shipped import default_table_path
 from popsynth.mc.build import DEFAULT_PHOTONS
 from popsynth.mc.transport import TallyGrid, run_photons, tabulate_medium
 
@@ -102,8 +102,10 @@ def main(argv=None) -> None:
 def _bench_spectral_table(devices) -> None:
     """Time the A19 spectral table of set 5 and compare the torus part with a plain loop."""
     from popsynth.grid import Grid
-    from popsynth.mc.greens import load_greens, response_matrix
-    from popsynth.spectra.model import build_spectral_table, default_energy_grid
+    from popsynth.mc.interpolate import response_matrix
+    from popsynth.mc.shipped import load_greens
+    from popsynth.spectra.cache import build_spectral_table
+    from popsynth.spectra.table import default_energy_grid
     from popsynth.spectra.primary import primary_spectrum
     from popsynth.spectra.reprocessed import TorusReprocessed, a19_torus_inclination, binning_matrix
     from popsynth.spectra.sets import draw_parameters, get_spectral_set

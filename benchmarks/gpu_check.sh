@@ -99,7 +99,7 @@ from popsynth.grid import Grid  # noqa: E402
 from popsynth.mc.build import build_table  # noqa: E402
 from popsynth.mc.transport import tabulate_medium  # noqa: E402
 from popsynth.run import RunConfig, run  # noqa: E402
-from popsynth.spectra.model import build_spectral_table  # noqa: E402
+from popsynth.spectra.cache import build_spectral_table  # noqa: E402
 
 rows, failed = [], []
 

@@ -70,7 +70,6 @@ def _agree(a, b):
 
 def kernel_case(name: str, repeats: int, starts: int) -> dict:
     import numpy as np
-    import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
     import reference as ref
@@ -81,7 +80,7 @@ def kernel_case(name: str, repeats: int, starts: int) -> dict:
     from popsynth.fit import initial_weights
     from popsynth.grid import Grid
     from popsynth.observables import build_counts_model
-    from popsynth.spectra.model import build_spectral_table
+    from popsynth.spectra.cache import build_spectral_table
     from popsynth.xlf import apply_block_weights, build_phi0
 
     grid = Grid()
@@ -179,7 +178,7 @@ def _train(out_dir: Path, extra: list[str], env: dict, timeout: float) -> dict:
         summ = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
         pass
-    return {"args": " ".join(extra), "wall_s": (data or {}).get("wall_s", wall), "peak_rss_mib": peak,
+    return {"args": " ".join(extra), "wall_s": (data or {}).get("wall_s", wall), "process_s": wall, "peak_rss_mib": peak,
             "setup_s": summ.get("setup_seconds"), "steps": summ.get("steps_done"), "steps_max": summ.get("steps_max"),
             "starts": summ.get("n_starts"), "stalled": summ.get("n_stalled"), "load_before": load0,
             "load_after": os.getloadavg(), "ok": data is not None, "stderr": "" if data else err}
@@ -307,8 +306,11 @@ def _write_readme(block: str) -> None:
         README.write_text(text)
 
 
-#: issue 13's targets on 2 CPU cores: (run arguments, wall s, peak RSS MiB or None)
-TARGETS = [("--mode cxb --starts 10000", 10.0, None), ("--mode cxb --starts 100000", 60.0, 2048.0)]
+#: issue 13's targets on 2 CPU cores: (run arguments, s from the process start to its exit, peak RSS
+#: MiB or None). "The default run under 5 s" was set when the default was this point fit; the
+#: default is now the posterior (LM mode + NUTS, minutes), so the point fit carries the target.
+TARGETS = [("--mode joint", 5.0, None), ("--mode cxb --starts 10000", 10.0, None),
+           ("--mode cxb --starts 100000", 60.0, 2048.0)]
 
 
 def render(res: dict) -> str:
@@ -324,12 +326,13 @@ def render(res: dict) -> str:
         lines.append(f"| {r['case']} ({r['note']}) | {r['starts']} | {fmt(r['popsynth_s'])} | {fmt(r['reference_s'])} | "
                      f"{r['ratio']:.2f} | {r['max_rel_diff']:.1e} | {r['peak_rss_mib']:.0f} MiB | {r['load_before'][0]:.2f} |")
     lines += ["", "| run (`python train.py --spec-set 5 ...`, warm cache; point fits: the default mode is the posterior) "
-              "| wall | set-up | LM steps (cap) | starts stopped | peak RSS | load |",
-              "|---|---|---|---|---|---|---|"]
+              "| process (start to exit) | in Python (imports to return) | set-up | LM steps (cap) | starts stopped | "
+              "peak RSS | load |", "|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         setup = f"{r['setup_s']:.1f} s" if r["setup_s"] is not None else "-"
         stopped = f"{r['stalled']}/{r['starts']}" if r.get("stalled") is not None else "-"
-        lines.append(f"| `{r['args']}` | {r['wall_s']:.1f} s | {setup} | {r['steps']} ({r.get('steps_max', '-')}) | "
+        proc = f"{r['process_s']:.1f} s" if r.get("process_s") is not None else "-"
+        lines.append(f"| `{r['args']}` | {proc} | {r['wall_s']:.1f} s | {setup} | {r['steps']} ({r.get('steps_max', '-')}) | "
                      f"{stopped} | {r['peak_rss_mib']:.0f} MiB | {r['load_before'][0]:.2f} |" + ("" if r["ok"] else " failed"))
     acc = res.get("accuracy") or {}
     if acc.get("ok"):
@@ -351,10 +354,12 @@ def render(res: dict) -> str:
         r = by_args.get(args)
         if r is None:
             continue
-        ok = r["wall_s"] <= t_max and (rss_max is None or r["peak_rss_mib"] <= rss_max)
+        t = r.get("process_s", r["wall_s"])
+        ok = t <= t_max and (rss_max is None or r["peak_rss_mib"] <= rss_max)
         want = f"< {t_max:.0f} s" + (f", peak < {rss_max / 1024:.0f} GiB" if rss_max else "")
-        got = f"{r['wall_s']:.1f} s" + (f", {r['peak_rss_mib']:.0f} MiB" if rss_max else "")
-        checks.append(f"| `{args}` | {want} | {got} | {'met' if ok else 'NOT met'} (load {r['load_before'][0]:.2f}) |")
+        got = f"{t:.1f} s" + (f", {r['peak_rss_mib']:.0f} MiB" if rss_max else "")
+        checks.append(f"| `{args}`, start to exit | {want} | {got} | {'met' if ok else 'NOT met'} "
+                      f"(load {r['load_before'][0]:.2f}) |")
     slow = [r["case"] for r in res["kernels"] if r["ratio"] < 1.0]
     if res["kernels"]:
         checks.append(f"| every kernel at least as fast as numpy | numpy / popsynth >= 1 | "

@@ -34,7 +34,7 @@ import torch
 from .data.counts import list_counts, load_counts, load_ct_fractions
 from .errors import PopsynthError
 from .grid import Grid
-from .io.cache import arrays_sha256, cache_file, cache_key, cached
+from .io.cache import arrays_sha256, cache_file, cache_key, cached, source_digest
 from .observables import asym_residuals, build_counts_model, build_ct_model, model_from_state, model_state
 from .spectra.table import SpectralTable
 from .survey import survey_for_counts, survey_for_ct
@@ -56,23 +56,6 @@ def _num(x):
 def ct_key(survey: str) -> str:
     """Short identifier of a CT-fraction row: 'ct:' + the survey name in lower case with underscores."""
     return "ct:" + "".join(c if c.isalnum() else "_" for c in survey.lower()).strip("_").replace("__", "_")
-
-
-_SOURCE_DIGEST: list[str] = []
-
-
-def source_digest() -> str:
-    """sha256 of the popsynth package's Python sources (every ``*.py`` below the package, by
-    relative path and content): part of the key of cached results that code computes, so an
-    edit of any module rebuilds them. Computed once per process."""
-    if not _SOURCE_DIGEST:
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for f in sorted(root.rglob("*.py")):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
-        _SOURCE_DIGEST.append(h.hexdigest())
-    return _SOURCE_DIGEST[0]
 
 
 def _inputs_key(grid: Grid, phi0: torch.Tensor, table: SpectralTable) -> str:

@@ -274,7 +274,7 @@ def _selection(f_total: int, cols) -> torch.Tensor:
 
 def build_kernels(prob, table, cfg, model=None, device=None) -> PhysicalKernels:
     """Kernels and likelihood for a :class:`popsynth.run.Problem` built with ``cfg`` (a RunConfig)
-    and its spectral ``table`` (:func:`popsynth.spectra.model.build_spectral_table`, same settings).
+    and its spectral ``table`` (:func:`popsynth.spectra.cache.build_spectral_table`, same settings).
 
     ``model`` (a :class:`popsynth.physical.PhysicalModel`) sets sys_floor, cxb_norm_sigma and the
     binned XLF terms (default: the RunConfig's values and none). The likelihood's terms are copies of

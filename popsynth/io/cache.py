@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import PopsynthError
 from .files import atomic_write
 
-__all__ = ["cache_key", "file_sha256", "arrays_sha256", "cache_file", "cached"]
+__all__ = ["cache_key", "file_sha256", "arrays_sha256", "source_digest", "cache_file", "cached"]
 
 T = TypeVar("T")
 
@@ -95,6 +95,23 @@ def arrays_sha256(*arrays) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+_SOURCE_DIGEST: list[str] = []
+
+
+def source_digest() -> str:
+    """sha256 of the popsynth package's Python sources (every ``*.py`` below the package, by
+    relative path and content): part of the key of cached results that code computes, so an
+    edit of any module rebuilds them. Computed once per process."""
+    if not _SOURCE_DIGEST:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        _SOURCE_DIGEST.append(h.hexdigest())
+    return _SOURCE_DIGEST[0]
 
 
 def cache_file(kind: str, name: str) -> Path:

@@ -184,8 +184,7 @@ def _disk_cached_physics(key: tuple, compute):
     evaluating its cross sections (~1.6 s). Without a locatable database, computed every time."""
     import pickle
 
-    from ..constraints import source_digest
-    from ..io.cache import cache_file, cache_key, cached
+    from ..io.cache import cache_file, cache_key, cached, source_digest
 
     xdb = _xraydb_files()
     if xdb is None:
