@@ -74,7 +74,7 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
     Returns [..., *x.shape]. Outside [xp[0], xp[-1]] the end value is held (clamped);
     callers keep x inside the table range (the rest-frame energy grid is built wide
     enough for that). Zeros in fp interpolate as zero (log of a floor of 1e-300; results
-    <= 1e-290 are set to 0). The result may be a non-contiguous view.
+    <= 1e-290 are set to 0).
     """
     lx = torch.log(x)
     lxp = torch.log(xp)
@@ -90,7 +90,9 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
     # exp's result for the backward pass
     threshold = torch.nn.functional.threshold
     out = threshold(out.exp(), 1e-290, 0.0) if out.requires_grad else threshold(out.exp_(), 1e-290, 0.0, inplace=True)
-    return out.T.reshape(*fp.shape[:-1], *x.shape)
+    # contiguous [..., *x.shape] as before: kernels built from it keep the layout their
+    # contractions expect (a strided kernel costs a copy in every einsum that uses it)
+    return out.T.contiguous().reshape(*fp.shape[:-1], *x.shape)
 
 
 class Bracket(NamedTuple):
