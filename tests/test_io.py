@@ -19,7 +19,7 @@ from popsynth.io.files import atomic_write
 def test_every_name_imported_from_popsynth_io_is_still_there():
     import popsynth.io as pio
 
-    names = ("A19_LAYOUT_Z_CHUNK", "CHECKPOINT_FORMAT", "LOCK_NAME", "RUN_FILES", "RunLock", "XLFCube", "XLF_CUBES",
+    names = ("a19_resample", "CHECKPOINT_FORMAT", "LOCK_NAME", "RUN_FILES", "RunLock", "XLFCube", "XLF_CUBES",
              "atomic_write", "check_output_folder", "checkpoint_file", "current_umask", "export_xlf_hdf5",
              "load_checkpoint", "load_xlf", "run_files", "save_checkpoint", "write_a19_layout", "write_cxb_table",
              "write_json", "read_ecsv", "write_ecsv", "cache_key", "cached", "file_sha256", "arrays_sha256")

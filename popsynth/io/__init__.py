@@ -23,11 +23,11 @@ from .checkpoint import CHECKPOINT_FORMAT, checkpoint_file, load_checkpoint, sav
 from .ecsv import EcsvTable, read_ecsv, write_ecsv
 from .files import LOCK_NAME, RunLock, atomic_write, check_output_folder, current_umask, write_json
 from .outputs import RUN_FILES, run_files, write_cxb_table
-from .xlf import A19_LAYOUT_Z_CHUNK, XLF_CUBES, XLFCube, export_xlf_hdf5, load_xlf, write_a19_layout
+from .xlf import XLF_CUBES, XLFCube, a19_resample, export_xlf_hdf5, load_xlf, write_a19_layout
 
 __all__ = [
-    "A19_LAYOUT_Z_CHUNK", "CHECKPOINT_FORMAT", "EcsvTable", "LOCK_NAME", "RUN_FILES", "RunLock", "XLFCube",
-    "XLF_CUBES", "arrays_sha256", "atomic_write", "cache_file", "cache_key", "cached", "check_output_folder",
+    "CHECKPOINT_FORMAT", "EcsvTable", "LOCK_NAME", "RUN_FILES", "RunLock", "XLFCube",
+    "XLF_CUBES", "a19_resample", "arrays_sha256", "atomic_write", "cache_file", "cache_key", "cached", "check_output_folder",
     "checkpoint_file", "current_umask", "export_xlf_hdf5", "file_sha256", "load_checkpoint", "load_xlf",
     "read_ecsv", "run_files", "save_checkpoint", "write_a19_layout", "write_cxb_table", "write_ecsv",
     "write_json",
