@@ -13,7 +13,8 @@ batch) between
 and, with ``--rebuild``, what an exact rebuild of the spectral dependence costs once (spectral
 table, survey models, kernels of one hyperparameter node), the reason for the emulator
 (popsynth/physical_spectra.py). The emulator itself is built once and cached on disk (the first
-run with a new configuration builds 3^k nodes). Medians of ``--repeat`` repetitions, one thread.
+run with a new configuration builds 3^k nodes). Medians of ``--repeat`` repetitions, ``--threads``
+torch threads (default 1).
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def main(argv=None) -> int:
     ap.add_argument("--free-spectra", default="gamma,refl,ecut", help="comma-separated hyperparameters ('' for none)")
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1; the sampler's default is the cores)")
     ap.add_argument("--rebuild", action="store_true", help="also time one exact rebuild of a node")
     ap.add_argument("--emulator-error", action="store_true",
                     help="also measure the emulator against direct builds: the tensor grid at the 8 octant centres "
                          "(off the nodes in every hyperparameter) and the first-order alternative at the 8 corners")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
 
     from popsynth.physical import DEFAULT_FREE, PhysicalModel
     from popsynth.physical_run import setup
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
     rows["backward"] = max(t_all - t_fwd, 0.0)
     print(f"physical model, spectral set {a.spec_set}, {a.draws} draws, {pm.n_free} free parameters "
           f"({', '.join(spectral) or 'no spectral hyperparameters'}), {a.chains} chains as one batch; "
-          f"emulator nodes: {em.n_nodes if em else 1}; set-up {t_setup:.1f} s; load {os.getloadavg()[0]:.2f}")
+          f"emulator nodes: {em.n_nodes if em else 1}; {a.threads} thread(s); set-up {t_setup:.1f} s; "
+          f"load {os.getloadavg()[0]:.2f}")
     if em is not None:
         nc = em.contraction
         print(f"node kernels: {nc.nnz / 1e6:.2f}M nonzeros held ({nc.nnz_dense_form / 1e6:.2f}M in the cube form, "

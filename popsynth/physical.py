@@ -311,7 +311,7 @@ class ParameterMap:
     w = softplus(u) = ln(1 + e^u), theta = log10 w (the block posterior's coordinates,
     :mod:`popsynth.posterior`: w ~ u where the data constrain a weight and the likelihood is close
     to Gaussian in w, w ~ e^u where only the log-normal prior acts). ``full(u)`` returns {name: [B]}
-    of every physical parameter plus ``log10_w`` [B, 15] (zeros when the block weights are fixed).
+    of every physical parameter plus ``log10_w`` [B, 15] (absent when the block weights are fixed).
     """
 
     def __init__(self, model: PhysicalModel, device=None):
@@ -377,13 +377,14 @@ class ParameterMap:
         return torch.as_tensor(v, dtype=DTYPE, device=self.device).expand(batch, -1).clone()
 
     def full(self, theta: torch.Tensor) -> dict:
-        """{physical name: [B]} for every parameter, and "log10_w": [B, 15]."""
+        """{physical name: [B]} for every parameter, and "log10_w": [B, 15] when the block weights
+        are free (absent when they are fixed at 1: the cube is then not multiplied by them)."""
         b = theta.shape[0]
         out = {n: torch.full((b,), v, dtype=DTYPE, device=theta.device) for n, v in self.fixed.items()}
         for i, n in enumerate(self.free):
             out[n] = theta[:, i]
-        out["log10_w"] = theta[:, self.n_phys:] if self.model.block_weights else \
-            torch.zeros(b, N_BLOCKS, dtype=DTYPE, device=theta.device)
+        if self.model.block_weights:
+            out["log10_w"] = theta[:, self.n_phys:]
         return out
 
 
@@ -470,8 +471,9 @@ class XLFBuilder:
         self.block_red = torch.as_tensor(block_index_of(cls[None, :], j[:, None]), dtype=torch.long, device=dev)  # [nL, 6]
 
     def __call__(self, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """params: {name: [B]} of every physical parameter and "log10_w" [B, 15] (see
-        :meth:`ParameterMap.full`). Returns (phi_red, phi1_red), each float64 [B, nz, nL, 6]."""
+        """params: {name: [B]} of every physical parameter and, when the block weights are free,
+        "log10_w" [B, 15] (see :meth:`ParameterMap.full`). Returns (phi_red, phi1_red), each float64
+        [B, nz, nL, 6]."""
         p = {k: v[:, None, None, None] for k, v in params.items() if k != "log10_w"}
         phi = ldde(self.z, self.ll, p)  # [B, nz, nL, nq]
         a = torch.einsum("bzlq,lqs->bzls", phi, self.side_w)

@@ -53,6 +53,7 @@ from .likelihood import (CovarianceTerm, CTFractionTerm, CXBTerm, Likelihood, Po
                          _table_columns, build_likelihood)
 from .observables import SurveyModel, z_range_weights
 from .physical import N_DEX, XLFBuilder
+from .physical_sparse import NodeContraction
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -182,21 +183,6 @@ class LogNormalXLFTerm(Term):
         return (self._res(pred) ** 2).sum(-1)
 
 
-# ---------------------------------------------------------------------------- sparse contraction
-class _SparseRows(torch.autograd.Function):
-    """y = x @ K^T for dense x [B, N] and a sparse K [F, N] held twice (CSR of K and of K^T), with
-    the reverse-mode gradient dL/dx = dL/dy @ K. Reverse mode only (the sampler's gradients)."""
-
-    @staticmethod
-    def forward(ctx, x, k_csr, kt_csr):
-        ctx.kt = kt_csr
-        return (k_csr @ x.T).T
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (ctx.kt @ grad.T).T, None, None
-
-
 # ---------------------------------------------------------------------------- the kernel set
 @dataclass
 class PhysicalKernels:
@@ -225,7 +211,7 @@ class PhysicalKernels:
     likelihood: Likelihood
     feature_names: list = field(default_factory=list)
     seconds: float = 0.0
-    _csr: tuple | None = field(default=None, repr=False)
+    _sparse: object | None = field(default=None, repr=False)
 
     @property
     def n_features(self) -> int:
@@ -234,23 +220,20 @@ class PhysicalKernels:
     def features(self, phi_red: torch.Tensor, phi1_red: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """Feature vector x [B, F] of reduced cubes phi_red, phi1_red [B, nz, nL, 6] (Mpc^-3 dex^-2).
 
-        ``sparse=True`` contracts with the sparse copy of ``k_phi`` (most kernel entries are 0:
-        cells below a flux limit or outside a survey's z range); a few times faster, reverse-mode
-        autograd only (no forward-mode Jacobians, no vmap). Both paths give the same numbers to rounding.
+        ``sparse=True`` contracts with the sparse form of ``k_phi``
+        (:class:`popsynth.physical_sparse.NodeContraction`: the cumulative kernels differenced along
+        log L, 0.4M nonzeros instead of 2.1M; built on first use), several times faster than the dense
+        product. Both paths give the same numbers to rounding (3e-14) and carry every derivative.
         """
         m = torch.einsum("bzlk,l->bzk", phi1_red, self.lw)
         xc = torch.einsum("bzk,zke->be", m, self.k_cxb)
-        flat = phi_red.reshape(phi_red.shape[0], -1)
         if sparse:
-            if self._csr is None:
-                import warnings
-
-                with warnings.catch_warnings():  # "sparse CSR support is in beta": the two ops used here are tested
-                    warnings.simplefilter("ignore", UserWarning)
-                    self._csr = (self.k_phi.to_sparse_csr(), self.k_phi.T.contiguous().to_sparse_csr())
-            xp = _SparseRows.apply(flat, *self._csr)
+            if self._sparse is None:
+                grid = self.builder.grid
+                self._sparse = NodeContraction(self.k_phi, grid.z.size, as_tensor(grid.dlogl, self.k_phi.device))
+            xp = self._sparse(phi_red)
         else:
-            xp = flat @ self.k_phi.T
+            xp = phi_red.reshape(phi_red.shape[0], -1) @ self.k_phi.T
         return torch.cat([xc, xp], -1)
 
     def cxb_fine(self, phi1_red: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
     popsynth physical --spec-set 5 [--config FILE] [--out DIR] [--starts 8] [--chains 4]
                       [--warmup 300] [--samples 500] [--seed 0] [--pilot] [--no-sample] [--profile-sets 1,2,3,4,5]
+                      [--free-spectra] [--threads N]
 
 1. Set-up: the block run's problem (:func:`popsynth.run.build_problem`: grid, spectral table of the
    set, CXB data, counts and CT-fraction survey models) and the kernels of every observable
@@ -13,7 +14,8 @@
    product-space batch in u, whitened by the Laplace approximation at the mode (``--warmup`` +
    ``--samples`` per chain); with ``--pilot`` first a pilot run (``--warmup`` + ``--warmup``) whose
    sample covariance whitens the main run, as the block posterior does. R-hat and bulk ESS
-   (of theta) from ``pyro.ops.stats``.
+   (of theta) from ``pyro.ops.stats``. The mode and the sampler run on ``--threads`` torch threads
+   (default torch's: the cores, or OMP_NUM_THREADS).
 4. Outputs in ``--out`` (default ``checkpoints/physical-set-N``): summary.json, parameters.md
    (posterior medians against the literature), xlf_best.h5 (phi at the mode; phi_p16/p50/p84 per
    cell over up to 200 posterior samples; the parameter samples), parameter_samples.csv,
@@ -34,6 +36,7 @@ import math
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +79,11 @@ class PhysicalProblem:
     def features(self, u: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """Feature vector x [B, F] (every data point's linear functional) at u [B, P]; with free
         spectral hyperparameters the kernels are the emulator's at theirs (:mod:`popsynth.physical_spectra`)."""
-        phi, phi1, eta = self._eval(u)
+        return self.features_of(*self._eval(u), sparse=sparse)
+
+    def features_of(self, phi, phi1, eta, sparse: bool = False) -> torch.Tensor:
+        """Feature vector x [B, F] of reduced cubes phi, phi1 [B, nz, nL, 6] and spectral
+        hyperparameters eta [B, k] (None when they are fixed)."""
         if eta is None:
             return self.kernels.features(phi, phi1, sparse=sparse)
         return self.kernels.features(phi, phi1, eta=eta)
@@ -151,10 +158,22 @@ def setup(spec_set: int = 5, model: PhysicalModel | None = None, draws: int = 64
 
 
 # ---------------------------------------------------------------------------- mode
-def _one_thread_ctx():
-    from .posterior import _one_thread
-
-    return _one_thread()
+@contextmanager
+def _threads_ctx(threads: int | None):
+    """torch's intra-op threads for the mode and the sampler: ``threads`` (None: torch's default,
+    the machine's cores or OMP_NUM_THREADS). The sparse node contractions of the free-spectra
+    model (11.6M nonzeros) are memory-bound products that two threads on two cores do 25-40 %
+    faster (benchmarks/bench_physical.py --threads); on a machine shared with other jobs, one thread
+    (``--threads 1`` or OMP_NUM_THREADS=1) avoids threads spinning while another process holds a core."""
+    n = torch.get_num_threads()
+    if threads is not None:
+        if not (isinstance(threads, int) and threads >= 1):
+            raise PopsynthError(f"`threads` must be a positive integer, got {threads!r}", "pass e.g. --threads 1")
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def find_mode(pp: PhysicalProblem, u0: torch.Tensor, steps: int = 100, rtol: float = 1e-10):
@@ -252,12 +271,14 @@ class PhysicalSamples:
 
 
 def sample(pp: PhysicalProblem, u_mode: torch.Tensor, cov_u: torch.Tensor, chains: int = 4, warmup: int = 300,
-           samples: int = 500, seed: int = 0, progress: bool = False, pilot: bool | None = None) -> PhysicalSamples:
+           samples: int = 500, seed: int = 0, progress: bool = False, pilot: bool | None = None,
+           threads: int | None = None) -> PhysicalSamples:
     """NUTS around the mode (see the module docstring); returns the kept samples of the main run.
 
     ``pilot``: a pilot run (``warmup`` + ``warmup``) whose sample covariance whitens the main run;
     None: with block weights (their posterior is far from Gaussian where only the prior bounds
-    them, so the Laplace approximation whitens poorly, as in the block posterior), else not."""
+    them, so the Laplace approximation whitens poorly, as in the block posterior), else not.
+    ``threads``: torch threads while sampling (None: torch's default; see :func:`_threads_ctx`)."""
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
     from .posterior import SamplerConfig, _nuts, _whitening
@@ -277,7 +298,7 @@ def sample(pp: PhysicalProblem, u_mode: torch.Tensor, cov_u: torch.Tensor, chain
     def make_potential(c, lower):
         return lambda params: pp.neg_log_post_u(c + params["z"] @ lower.T, sparse=True).sum()
 
-    with _one_thread_ctx(), warnings.catch_warnings():
+    with _threads_ctx(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pot = make_potential(center, chol)
         if not bool(torch.isfinite(pot({"z": z0}))):
@@ -299,7 +320,8 @@ def sample(pp: PhysicalProblem, u_mode: torch.Tensor, cov_u: torch.Tensor, chain
     return PhysicalSamples(u, r_hat, ess, n_div, step, time.time() - t0,
                            {"chains": chains, "warmup": warmup, "samples_per_chain": samples, "pilot": pilot,
                             "pilot_divergences": div_pilot, "max_tree_depth": scfg.max_tree_depth,
-                            "target_accept": scfg.target_accept, "seed": seed,
+                            "target_accept": scfg.target_accept, "seed": seed, "threads": torch.get_num_threads()
+                            if threads is None else int(threads),
                             "sampler": "NUTS (pyro-ppl), chains as one product-space batch, unbounded coordinates "
                                        "whitened by the Laplace approximation" + (" (pilot) and the pilot covariance (main)"
                                                                                   if pilot else "")})
@@ -360,7 +382,13 @@ def write_outputs(pp: PhysicalProblem, u_mode: torch.Tensor, lap: dict, post: Ph
                      "shift_in_prior_sigma": (float(qs[1, i]) - prior[0]) / prior[1]}
         if post is not None:
             params[n].update(r_hat=float(post.r_hat[i]), ess=float(post.ess[i]))
-    x_all = _batched(lambda v: pp.features(v), u_all)
+    def one_pass(v):  # features and both CT fractions from one cube per sample
+        phi, phi1, eta = pp._eval(v)
+        return torch.cat([pp.features_of(phi, phi1, eta), ks.ct_fraction(phi, 0.1)[:, None],
+                          ks.ct_fraction(phi, 1.0)[:, None]], -1)
+
+    per_sample = _batched(one_pass, u_all)
+    x_all, ct_all = per_sample[:, :-2], {0.1: per_sample[:, -2], 1.0: per_sample[:, -1]}
     chi_med = lik.chi2_of_median_prediction(x_all)
     with torch.no_grad():
         x_mode = pp.features(u_mode)
@@ -372,9 +400,10 @@ def write_outputs(pp: PhysicalProblem, u_mode: torch.Tensor, lap: dict, post: Ph
     group_chi = {g: {"chi2_at_median": sum(chi_med[n] for n in ns), "chi2_at_mode": sum(chi_mode[n] for n in ns),
                      "points": sum(npts[n] for n in ns)} for g, ns in groups.items() if ns}
     phi_all_ct = {}
+    with torch.no_grad():
+        phi_mode_red = pp.cubes(u_mode)[0]
     for z in (0.1, 1.0):
-        f = _batched(lambda v: ks.ct_fraction(pp.cubes(v)[0], z), u_all)
-        phi_all_ct[f"ct_fraction_z{z:.1f}"] = {**_interval(f), "mode": float(ks.ct_fraction(pp.cubes(u_mode)[0], z)[0])}
+        phi_all_ct[f"ct_fraction_z{z:.1f}"] = {**_interval(ct_all[z]), "mode": float(ks.ct_fraction(phi_mode_red, z)[0])}
     observed = []
     for t in lik.terms:
         if t.kind == "ct_fraction":
@@ -490,7 +519,7 @@ def format_summary(s: dict) -> str:
 
 
 def write_corner(samples: np.ndarray, names: list, path: Path, truths=None, max_params: int = 24) -> bool:
-    """A small corner plot (histograms on the diagonal, 2-d scatter below) of samples [N, P] with
+    """A small corner plot (histograms on the diagonal, 2-d histograms below) of samples [N, P] with
     the literature values marked; False (nothing written) when matplotlib is not installed."""
     try:
         import matplotlib
@@ -499,34 +528,31 @@ def write_corner(samples: np.ndarray, names: list, path: Path, truths=None, max_
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     p = min(samples.shape[1], max_params)
-    n = samples.shape[0]
-    idx = np.linspace(0, n - 1, min(n, 2000)).astype(int)
-    fig, axes = plt.subplots(p, p, figsize=(1.4 * p + 1, 1.4 * p + 1), squeeze=False)
-    for i in range(p):
-        for j in range(p):
-            ax = axes[i, j]
-            if j > i:
-                ax.axis("off")
-                continue
+    fig = plt.figure(figsize=(1.4 * p + 1, 1.4 * p + 1))
+    gs = fig.add_gridspec(p, p, left=0.06, right=0.99, bottom=0.06, top=0.99, wspace=0.05, hspace=0.05)
+    for i in range(p):  # the lower triangle only (matplotlib's cost is per axes and per tick)
+        for j in range(i + 1):
+            ax = fig.add_subplot(gs[i, j])
             if i == j:
                 ax.hist(samples[:, i], bins=30, histtype="step", color="k")
                 if truths is not None and truths[i] is not None:
                     ax.axvline(truths[i], color="tab:red", lw=0.8)
-            else:
-                ax.plot(samples[idx, j], samples[idx, i], ".", color="k", ms=1.0, alpha=0.25)
-                if truths is not None:
+            else:  # 2-d histogram as one image (a scatter of every sample costs seconds to render)
+                h, xe, ye = np.histogram2d(samples[:, j], samples[:, i], bins=30)
+                ax.imshow(h.T, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), aspect="auto", cmap="Greys",
+                          interpolation="nearest")
+                if truths is not None and truths[i] is not None and truths[j] is not None:
                     ax.plot(truths[j], truths[i], "+", color="tab:red", ms=6)
-            ax.tick_params(labelsize=4)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
+            ax.yaxis.set_major_locator(MaxNLocator(3))
+            ax.tick_params(labelsize=4, labelbottom=i == p - 1, labelleft=j == 0 and i > 0)
             if i == p - 1:
                 ax.set_xlabel(names[j], fontsize=5)
-            else:
-                ax.set_xticklabels([])
             if j == 0 and i > 0:
                 ax.set_ylabel(names[i], fontsize=5)
-            elif j > 0:
-                ax.set_yticklabels([])
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.06, top=0.99, wspace=0.05, hspace=0.05)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -535,12 +561,13 @@ def write_corner(samples: np.ndarray, names: list, path: Path, truths=None, max_
 # ---------------------------------------------------------------------------- the whole run
 def run(spec_set: int = 5, model: PhysicalModel | None = None, out="checkpoints/physical-set-5", starts: int = 8,
         chains: int = 4, warmup: int = 300, samples: int = 500, seed: int = 0, draws: int = 64, do_sample: bool = True,
-        pilot: bool | None = None, progress: bool = False, log=print) -> dict:
-    """Set-up, mode, NUTS, outputs (see the module docstring); returns the summary dict."""
+        pilot: bool | None = None, progress: bool = False, log=print, threads: int | None = None) -> dict:
+    """Set-up, mode, NUTS, outputs (see the module docstring); returns the summary dict.
+    ``threads``: torch threads for the mode and the sampler (None: torch's default)."""
     t0 = time.time()
     pp = setup(spec_set, model, draws=draws, log=log)
     t1 = time.time()
-    with _one_thread_ctx():
+    with _threads_ctx(threads):
         u, loss = find_mode(pp, initial_points(pp, starts, seed))
     best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
     u_mode = u[best:best + 1]
@@ -551,7 +578,7 @@ def run(spec_set: int = 5, model: PhysicalModel | None = None, out="checkpoints/
         f"(largest difference between starts {spread:.3g})")
     post = None
     if do_sample:
-        post = sample(pp, u_mode, lap["cov_u"], chains, warmup, samples, seed, progress, pilot)
+        post = sample(pp, u_mode, lap["cov_u"], chains, warmup, samples, seed, progress, pilot, threads)
         log(f"NUTS in {post.seconds:.0f} s: R-hat max {float(post.r_hat.max()):.3f}, ESS min {float(post.ess.min()):.0f}, "
             f"{post.divergences} divergences")
     t3 = time.time()
@@ -575,7 +602,7 @@ def profile_sets(sets, model: PhysicalModel | None = None, out="checkpoints/phys
     rows = {}
     for s in sets:
         pp = setup(s, model, draws=draws, log=log)
-        with _one_thread_ctx():
+        with _threads_ctx(None):
             u, loss = find_mode(pp, initial_points(pp, starts, seed))
         best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
         lap = laplace(pp, u[best:best + 1])
@@ -627,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--free-spectra", action="store_true",
                     help="also sample the spectral hyperparameters gamma, refl and ecut (mean Gamma, R, E_cut; "
                          "kernels interpolated over 3 nodes each, built once and cached)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the mode and the sampler (default: torch's, i.e. the cores or "
+                         "OMP_NUM_THREADS); pass 1 on a machine shared with other jobs")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -640,6 +670,8 @@ def _check_args(a) -> None:
         v = getattr(a, name)
         if not lo <= v <= hi:
             raise PopsynthError(f"--{name} must be an integer in {lo}..{hi}, got {v}", f"pass e.g. --{name} {lo + 1}")
+    if a.threads is not None and not 1 <= a.threads <= 1024:
+        raise PopsynthError(f"--threads must be an integer in 1..1024, got {a.threads}", "pass e.g. --threads 1")
     if not 0 <= a.seed < 2 ** 63:
         raise PopsynthError(f"--seed must be in 0 .. 2**63 - 1, got {a.seed}", "pass e.g. --seed 0")
     if a.out is not None and Path(a.out).exists() and not Path(a.out).is_dir():
@@ -675,7 +707,7 @@ def main(argv=None) -> int:
             return 0
         default_out = f"checkpoints/physical-set-{a.spec_set}" + ("-free-spectra" if model.free_spectral else "")
         s = run(a.spec_set, model, a.out or default_out, a.starts, a.chains, a.warmup,
-                a.samples, a.seed, a.draws, not a.no_sample, a.pilot, progress=not a.quiet)
+                a.samples, a.seed, a.draws, not a.no_sample, a.pilot, progress=not a.quiet, threads=a.threads)
         print(format_summary(s))
         print(f"outputs in {Path(s['files']['summary']).parent}")
         return 0

@@ -43,7 +43,9 @@ are held differenced along log L (:class:`NodeContraction`): 11.6M nonzeros for 
 instead of 58M (139M dense), and the sparse products carry reverse-mode, forward-mode and vmapped
 derivatives (:class:`_SparseLinear`).
 
-The stacked kernels are cached on disk (``cache_dir()/physical/emulator-<key>.pt``, float64).
+The kernels are cached on disk (``cache_dir()/physical/emulator-<key>.pt``, float64): the CXB
+kernels dense and the others as the sparse matrices of :class:`NodeContraction` (format 2, 0.3 GB
+for the 27-node default; a format-1 file with dense kernels, 1.2 GB, is converted on first read).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import torch
 
 from ._tensor import DTYPE
 from .errors import PopsynthError
+from .physical_sparse import NodeContraction
 from .spectra.sets import SpectralSet, get_spectral_set
 
 SPECTRAL_NAMES = ("gamma", "refl", "ecut")
@@ -150,149 +153,6 @@ def _log_interp(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.einsum("bc,bc...->b...", w, lx))
 
 
-class _CSRPair:
-    """A sparse CSR matrix A [R, N] and its transpose (CSR), held outside the autograd graph (a
-    plain object, so that torch.func does not try to wrap the sparse tensors)."""
-
-    def __init__(self, a: torch.Tensor, at: torch.Tensor):
-        self.a, self.at = a, at
-
-    @property
-    def nnz(self) -> int:
-        return int(self.a.values().numel())
-
-    @property
-    def T(self) -> "_CSRPair":
-        return _CSRPair(self.at, self.a)
-
-
-class _SparseLinear(torch.autograd.Function):
-    """y = x @ A^T for dense x [B, N] and a :class:`_CSRPair` A [R, N]. Reverse mode
-    (dL/dx = dL/dy @ A), forward mode (the tangent goes through the same product) and vmap (the
-    vmapped rows are stacked into one product), so the sampler's gradients, ``torch.func.jacfwd``
-    (the mode's Jacobians) and ``vmap`` all use the sparse product."""
-
-    #: rows of x per sparse product: the product's time grows faster than linearly with the number
-    #: of right-hand sides once they leave the cache (measured, 10M nonzeros: 4 rows 35 ms,
-    #: 16 rows 224 ms, 76 rows 2.3 s), so the Jacobians' many tangents go in blocks.
-    BLOCK = 4
-
-    @staticmethod
-    def forward(x, pair):
-        b = _SparseLinear.BLOCK
-        if x.shape[0] <= b:
-            return (pair.a @ x.T).T
-        return torch.cat([(pair.a @ x[i:i + b].T).T for i in range(0, x.shape[0], b)], 0)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.pair = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad):  # through apply again: the product is linear, and vmap / higher orders then work
-        return _SparseLinear.apply(grad, ctx.pair.T), None
-
-    @staticmethod
-    def jvp(ctx, tx, tpair):
-        return _SparseLinear.apply(tx, ctx.pair)
-
-    @staticmethod
-    def vmap(info, in_dims, x, pair):
-        x = x.movedim(in_dims[0], 0)
-        lead = x.shape[:-1]
-        y = _SparseLinear.apply(x.reshape(-1, x.shape[-1]), pair)
-        return y.reshape(*lead, y.shape[-1]), 0
-
-
-#: Entries of an edge-space kernel below this fraction of its row's largest magnitude are the
-#: rounding of the cumulative sums the kernel was built from, and dropped. Measured on the set-5
-#: kernels (8 and 64 draws): dropping below 1e-15 .. 1e-13 gives the same nonzeros and features
-#: equal to the dense contraction to 3e-14; at 1e-12 real entries go (error 2e-9).
-EDGE_TOL = 1e-14
-
-
-class NodeContraction:
-    """The counts / CT / binned-XLF kernels of every node as two sparse matrices.
-
-    A kernel K[z, l, k] of a cumulative quantity (N(>S): the share of spectral draws and N_H cells
-    whose flux threshold lies below log L_l) is a smoothed step in l, so it is dense (41 % of the
-    entries of the default grid) but its difference along l is not: with H = K / dlogL and
-    G[j] = H[j] - H[j-1] (H[-1] = 0),
-
-        sum_l K[l] phi[l] = sum_j G[j] C[j],    C[j] = sum_{l >= j} phi[l] dlogL_l,
-
-    exactly (summation by parts); G holds the distribution of the thresholds over the log L edges
-    (8 % of the entries at 64 draws). Each feature row is held in whichever form (K against phi, or
-    G against C) has fewer nonzeros. Rows [C * F, nz * nL * 6] in node-major order, as ``k_phi``.
-    """
-
-    def __init__(self, k_phi: torch.Tensor, nz: int, dlogl: torch.Tensor, chunk: int = 64, tol: float = None):
-        rows, n = k_phi.shape
-        nl = int(dlogl.numel())
-        if n != nz * nl * 6:
-            raise PopsynthError(f"kernel rows of length {n} do not match a [{nz}, {nl}, 6] cube", "rebuild the emulator")
-        self.shape = (nz, nl, 6)
-        self.dlogl = dlogl.to(DTYPE)
-        parts = {"k": ([], [], []), "g": ([], [], [])}  # row numbers, column indices, values
-        rows_k, rows_g, count = [], [], {"k": 0, "g": 0}
-        nnz_k_total = 0
-        for r0 in range(0, rows, chunk):  # in row blocks: the 27-node kernels are 1.1 GB dense
-            k4 = k_phi[r0:r0 + chunk].to(DTYPE).reshape(-1, nz, nl, 6)
-            h = k4 / self.dlogl[None, None, :, None]
-            g = torch.diff(h, dim=2, prepend=torch.zeros_like(h[:, :, :1]))
-            gmax = g.abs().amax((1, 2, 3), keepdim=True)
-            g = torch.where(g.abs() > (EDGE_TOL if tol is None else tol) * gmax, g, torch.zeros_like(g))
-            nnz_k = (k4 != 0).sum((1, 2, 3))
-            nnz_g = (g != 0).sum((1, 2, 3))
-            nnz_k_total += int(nnz_k.sum())
-            for i in range(k4.shape[0]):
-                kind, m = ("g", g[i]) if nnz_g[i] < nnz_k[i] else ("k", k4[i])
-                (rows_g if kind == "g" else rows_k).append(r0 + i)
-                col = torch.nonzero(m.reshape(-1))[:, 0]
-                parts[kind][0].append(torch.full_like(col, count[kind]))
-                parts[kind][1].append(col)
-                parts[kind][2].append(m.reshape(-1)[col])
-                count[kind] += 1
-        self.rows_k = torch.as_tensor(rows_k, dtype=torch.long)
-        self.rows_g = torch.as_tensor(rows_g, dtype=torch.long)
-        self.a_k = self._pair(parts["k"], count["k"], n)
-        self.a_g = self._pair(parts["g"], count["g"], n)
-        order = torch.cat([self.rows_k, self.rows_g])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(rows)
-        self.nnz = sum(p.nnz for p in (self.a_k, self.a_g) if p is not None)
-        self.nnz_dense_form = nnz_k_total
-
-    @staticmethod
-    def _pair(part, n_rows: int, n: int):
-        """A and A^T (CSR) from the rows' (row, column, value) lists; None without rows."""
-        import warnings
-
-        if n_rows == 0:
-            return None
-        r, c, v = (torch.cat(x) for x in part)
-        def csr(rows, cols, shape):  # int32 indices: 30 % faster products than int64 (measured)
-            m = torch.sparse_coo_tensor(torch.stack([rows, cols]), v, shape).coalesce().to_sparse_csr()
-            return torch.sparse_csr_tensor(m.crow_indices().to(torch.int32), m.col_indices().to(torch.int32),
-                                           m.values(), shape)
-
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the two products used here are tested
-            warnings.simplefilter("ignore", UserWarning)
-            return _CSRPair(csr(r, c, (n_rows, n)), csr(c, r, (n, n_rows)))
-
-    def __call__(self, phi_red: torch.Tensor) -> torch.Tensor:
-        """Every row contracted with reduced cubes phi_red [B, nz, nL, 6]: [B, rows]."""
-        b = phi_red.shape[0]
-        parts = []
-        if self.a_k is not None:
-            parts.append(_SparseLinear.apply(phi_red.reshape(b, -1), self.a_k))
-        if self.a_g is not None:
-            a = phi_red * self.dlogl[:, None]
-            c = torch.flip(torch.cumsum(torch.flip(a, (-2,)), -2), (-2,))  # C[j] = sum_{l >= j} phi dlogL
-            parts.append(_SparseLinear.apply(c.reshape(b, -1), self.a_g))
-        return torch.cat(parts, -1)[:, self.inverse]
-
-
 class SpectralEmulator:
     """Kernels of the physical model on a tensor grid of hyperparameter nodes, Lagrange-interpolated.
 
@@ -302,16 +162,30 @@ class SpectralEmulator:
     k_phi [C * F, nz * nL * 6], which is not kept dense).
     """
 
-    def __init__(self, names, nodes, k_cxb, k_phi, k_fine, dlogl, seconds: float = 0.0):
+    def __init__(self, names, nodes, k_cxb, k_phi, k_fine, dlogl, seconds: float = 0.0,
+                 contraction: "NodeContraction | None" = None):
+        """``k_phi`` [C * F, nz * nL * 6] dense, or None with a prebuilt ``contraction`` (from the cache)."""
         self.names = tuple(names)
         self.nodes = [torch.as_tensor(np.asarray(n, dtype=np.float64), dtype=DTYPE) for n in nodes]
         self.coord_nodes = [_coord(name, n) for name, n in zip(self.names, self.nodes)]
         self.k_cxb, self.k_fine = k_cxb, k_fine
         self._k_cxb_mat = None
         self.n_nodes = int(k_cxb.shape[0])
-        self.n_phi = int(k_phi.shape[0] // self.n_nodes)
-        self.contraction = NodeContraction(k_phi, int(k_cxb.shape[1]), torch.as_tensor(dlogl, dtype=DTYPE))
+        if contraction is None:
+            contraction = NodeContraction(k_phi, int(k_cxb.shape[1]), torch.as_tensor(dlogl, dtype=DTYPE))
+        self.contraction = contraction
+        self.n_phi = contraction.n_rows // self.n_nodes
         self.seconds = seconds
+
+    def cache_state(self) -> dict:
+        """What the disk cache holds (format 2): the CXB kernels and the sparse contraction."""
+        return {"format": 2, "k_cxb": self.k_cxb, "k_fine": self.k_fine,
+                **{f"contraction.{k}": v for k, v in self.contraction.state().items()}}
+
+    @classmethod
+    def from_cache_state(cls, names, nodes, d: dict) -> "SpectralEmulator":
+        c = NodeContraction.from_state({k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("contraction.")})
+        return cls(names, nodes, d["k_cxb"], None, d["k_fine"], c.dlogl, contraction=c)
 
     def weights(self, eta: torch.Tensor) -> torch.Tensor:
         """Interpolation weights [B, C] at hyperparameters eta [B, k] (order of ``names``)."""
@@ -456,15 +330,20 @@ def build_emulator(prob, cfg, model, spec: SpectralSet, center_kernels, names, d
         from .paths import cache_dir
 
         path = cache_dir() / "physical" / f"emulator-{_cache_key(cfg, model, spec, names, nodes)}.pt"
-        d = None
+        em = None
         if path.is_file():
             try:
                 d = torch.load(path, map_location="cpu", weights_only=True)
-                d = {k: d[k] for k in ("k_cxb", "k_phi", "k_fine")}
+                if d.get("format") == 2:
+                    em = SpectralEmulator.from_cache_state(names, nodes, d)
+                else:  # format 1 (dense kernels, 4x larger): converted, and the file rewritten in format 2
+                    em = SpectralEmulator(names, nodes, d["k_cxb"], d["k_phi"], d["k_fine"], dlogl)
+                    del d
+                    _save_emulator(path, em)
+                    log(f"spectral emulator: {path} rewritten in the sparse format")
             except Exception:  # damaged: rebuild
-                d = None
-        if d is not None:
-            em = SpectralEmulator(names, nodes, d["k_cxb"], d["k_phi"], d["k_fine"], dlogl)
+                em = None
+        if em is not None:
             em.seconds = time.time() - t0
             log(f"spectral emulator: {em.n_nodes} nodes read from {path} in {em.seconds:.1f} s")
             return em
@@ -482,17 +361,24 @@ def build_emulator(prob, cfg, model, spec: SpectralSet, center_kernels, names, d
         log(f"spectral emulator: node {i + 1}/{len(combos)} {dict(zip(names, map(float, combo)))} "
             f"({time.time() - t0:.0f} s)")
     k_cxb, k_phi, k_fine = torch.stack(k_cxb), torch.cat(k_phi, 0), torch.stack(k_fine)
-    if path is not None:
-        from .io import atomic_write
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_write(path, lambda tmp: torch.save({"k_cxb": k_cxb, "k_phi": k_phi, "k_fine": k_fine}, tmp))
-        except OSError:
-            pass
     em = SpectralEmulator(names, nodes, k_cxb, k_phi, k_fine, dlogl)
+    del k_phi
+    if path is not None:
+        _save_emulator(path, em)
     em.seconds = time.time() - t0
     return em
+
+
+def _save_emulator(path, em: SpectralEmulator) -> None:
+    """Atomic write of the emulator's cache file; a failure to write (disk full, read-only cache)
+    only costs a rebuild next time."""
+    from .io import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(path, lambda tmp: torch.save(em.cache_state(), tmp))
+    except OSError:
+        pass
 
 
 def emulator_error(pp, n_cubes: int = 16, seed: int = 0) -> dict:

@@ -263,6 +263,8 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "not found" in err and "\n" not in err
     assert main(["--spec-set", "9"]) == 2
     assert main(["--chains", "1"]) == 2
+    assert main(["--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
 
 
 def test_cli_writes_the_outputs(pp, table, tmp_path, monkeypatch):
@@ -281,12 +283,15 @@ def test_cli_writes_the_outputs(pp, table, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pr, "setup", fake_setup)
     out = tmp_path / "run"
+    threads = torch.get_num_threads()
     code = pr.main(["--config", str(cfg), "--out", str(out), "--starts", "2", "--chains", "2", "--warmup", "10",
-                    "--samples", "12", "--quiet"])
+                    "--samples", "12", "--quiet", "--threads", "1"])
     assert code == 0
-    for f in ("summary.json", "xlf_best.h5", "parameter_samples.csv", "cxb_model.ecsv", "parameters.md"):
+    assert torch.get_num_threads() == threads  # restored after the run
+    for f in ("summary.json", "xlf_best.h5", "parameter_samples.csv", "cxb_model.ecsv", "parameters.md", "corner.png"):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
+    assert s["sampler"]["threads"] == 1
     assert set(s["parameters"]) == {"logLstar", "psi0_lo", "f_ct_lo"}
     assert "xlf:ueda14" in s["chi2_at_median"] and s["groups"]["binned_xlf"]["points"] > 50
     assert 0 < s["ct_fraction_z0.1"]["p16"] <= s["ct_fraction_z0.1"]["median"] <= s["ct_fraction_z0.1"]["p84"] < 1
@@ -414,7 +419,7 @@ def test_node_contraction_equals_the_dense_kernels_with_gradients(pp):
     """The emulator's node kernels held as sparse matrices (cumulative kernels differenced along
     log L against the reverse cumulative cube, the others as they are) give the dense contraction
     to 1e-12, with reverse-mode, forward-mode (jacfwd) and vmapped derivatives that agree."""
-    from popsynth.physical_spectra import NodeContraction
+    from popsynth.physical_sparse import NodeContraction
 
     k = pp.kernels.k_phi  # [60, N]: counts, CT and binned-BAT kernels of set 5
     nz, nl = pp.prob.grid.z.size, pp.prob.grid.logl.size
@@ -438,6 +443,67 @@ def test_node_contraction_equals_the_dense_kernels_with_gradients(pp):
     jf = torch.func.vmap(torch.func.jacfwd(lambda v: f(v[None])[0]))(u[:2])
     jr = torch.stack([torch.autograd.functional.jacobian(lambda v: f(v[None])[0], u[i]) for i in range(2)])
     assert torch.allclose(jf, jr, rtol=1e-10, atol=1e-12 * float(jr.abs().max()))
+
+
+def test_tail_sum_and_its_one_pass_adjoint():
+    """C[j] = sum_{l >= j} x[l] w[l] (the reverse cumulative sum of the summation by parts): the same
+    numbers as flip-cumsum-flip, the adjoint as a forward cumulative sum bit for bit equal to
+    autograd's, and forward-mode / vmap / double-backward derivatives that agree."""
+    from popsynth.physical_sparse import _TailSum
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 9, 6, dtype=D, generator=g, requires_grad=True)
+    w = torch.rand(9, dtype=D, generator=g) + 0.5
+    ref = lambda v: torch.flip(torch.cumsum(torch.flip(v * w[:, None], (-2,)), -2), (-2,))  # noqa: E731
+    assert torch.equal(_TailSum.apply(x, w), ref(x))
+    expect = torch.stack([(x[..., j:, :] * w[j:, None]).sum(-2) for j in range(9)], -2)
+    assert torch.allclose(_TailSum.apply(x, w), expect, rtol=1e-14, atol=1e-14)
+    gout = torch.randn(3, 4, 9, 6, dtype=D, generator=g)
+    a, = torch.autograd.grad(_TailSum.apply(x, w), x, gout)
+    b, = torch.autograd.grad(ref(x), x, gout)
+    assert torch.equal(a, b)
+    f = lambda v: _TailSum.apply(v, w) ** 2  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x[:1, :2],)) and torch.autograd.gradgradcheck(f, (x[:1, :2],))
+    jf = torch.func.vmap(torch.func.jacfwd(lambda v: _TailSum.apply(v, w).sum(-1)))(x.detach())
+    jr = torch.func.vmap(torch.func.jacrev(lambda v: ref(v).sum(-1)))(x.detach())
+    assert torch.allclose(jf, jr, rtol=0, atol=1e-14)
+
+
+def test_emulator_cache_is_sparse_and_converts_the_dense_format(pp, tmp_path, monkeypatch):
+    """The emulator's cache file holds the CXB kernels and the sparse contraction (format 2), which
+    rebuild the same emulator bit for bit; a format-1 file (dense kernels) is read, gives the same
+    features, and is rewritten in format 2 in place (no rebuild of the nodes)."""
+    import popsynth.physical_spectra as ps
+    from popsynth.spectra.sets import get_spectral_set
+
+    monkeypatch.setenv("POPSYNTH_CACHE", str(tmp_path))
+    model = PhysicalModel(free=("logLstar", "gamma"))
+    names = ("gamma",)
+    spec = get_spectral_set(5)
+    nodes = ps.node_values(model, spec, names)
+    ks = pp.kernels
+    k_phi = torch.cat([ks.k_phi, 0.9 * ks.k_phi, 1.1 * ks.k_phi], 0)  # three stand-in nodes
+    k_cxb = torch.stack([ks.k_cxb, 0.95 * ks.k_cxb, 1.05 * ks.k_cxb])
+    k_fine = torch.stack([ks.k_fine] * 3)
+    dlogl = torch.as_tensor(pp.prob.grid.dlogl, dtype=D)
+    direct = ps.SpectralEmulator(names, nodes, k_cxb, k_phi, k_fine, dlogl)
+    pm = ParameterMap(PhysicalModel(free=("logLstar",)))
+    phi, phi1 = ks.builder(pm.full(pm.default_theta(2) + torch.tensor([[0.0], [0.05]], dtype=D)))
+    want = direct.node_features(phi, phi1, ks.lw)
+
+    path = tmp_path / "physical" / f"emulator-{ps._cache_key(pp.cfg, model, spec, names, nodes)}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"k_cxb": k_cxb, "k_phi": k_phi, "k_fine": k_fine}, path)  # format 1
+    size1 = path.stat().st_size
+    msgs = []
+    em = ps.build_emulator(pp.prob, pp.cfg, model, spec, None, names, log=msgs.append)
+    assert any("rewritten in the sparse format" in m for m in msgs)
+    assert torch.equal(em.node_features(phi, phi1, ks.lw), want)
+    d = torch.load(path, weights_only=True)
+    assert d["format"] == 2 and "k_phi" not in d and path.stat().st_size < 0.6 * size1
+    em2 = ps.build_emulator(pp.prob, pp.cfg, model, spec, None, names, log=msgs.append)
+    assert torch.equal(em2.node_features(phi, phi1, ks.lw), want)
+    assert em2.contraction.nnz == direct.contraction.nnz and em2.n_phi == direct.n_phi
 
 
 def test_block_weight_coordinates_and_sampler():
