@@ -67,6 +67,28 @@ def as_tensor(x, device: torch.device | str | None = None) -> torch.Tensor:
     return torch.as_tensor(x, dtype=DTYPE, device=device)
 
 
+#: CPU buffers from this size up come from numpy's allocator (:func:`empty_cpu`)
+LARGE_BUFFER_BYTES = 4 << 20
+
+
+def empty_cpu(shape, dtype: torch.dtype = DTYPE, device: torch.device | str | None = None) -> torch.Tensor:
+    """An uninitialised tensor [shape] on ``device``. On the CPU, buffers of 4 MiB and more are
+    allocated by numpy (shared, ``torch.from_numpy``): numpy asks the kernel for transparent huge
+    pages on large allocations (``madvise``), so writing a fresh 68 MB cube takes a few dozen page
+    faults instead of 17,000 (torch's allocator maps 4 KiB pages; its ``THP_MEM_ALLOC_ENABLE``
+    applies to every allocation of the process and stalled the set-up on compaction here,
+    benchmarks/README.md). Other devices and small buffers: ``torch.empty``."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    shape = tuple(int(s) for s in shape)
+    n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+    if dev.type != "cpu" or n < LARGE_BUFFER_BYTES or dtype not in _NUMPY_DTYPES:
+        return torch.empty(shape, dtype=dtype, device=dev)
+    return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[dtype]))
+
+
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+
 def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Interpolate ``fp(xp)`` at ``x`` linearly in log x - log f, along the last axis of fp.
 

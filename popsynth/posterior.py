@@ -150,12 +150,17 @@ def _whitening(cov: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky((vec * ev) @ vec.T)
 
 
-def _nuts(potential, z0: torch.Tensor, warmup: int, samples: int, cfg: SamplerConfig, seed: int, progress: bool):
+def _nuts(potential, z0: torch.Tensor, warmup: int, samples: int, cfg: SamplerConfig, seed: int, progress: bool,
+          adapt_mass: bool = True):
+    """pyro's NUTS on ``potential`` from z0 [C, P] (the chains as one product-space state); returns
+    (samples [C, S, P], divergences, final step size). ``adapt_mass``: diagonal mass-matrix
+    adaptation in windows (each window restarts the step-size search); without it the step size is
+    adapted by dual averaging over the whole warm-up (for coordinates already whitened)."""
     import pyro
     from pyro.infer.mcmc import MCMC, NUTS
 
     pyro.set_rng_seed(int(seed))
-    kernel = NUTS(potential_fn=potential, adapt_step_size=True, adapt_mass_matrix=True, full_mass=False,
+    kernel = NUTS(potential_fn=potential, adapt_step_size=True, adapt_mass_matrix=adapt_mass, full_mass=False,
                   target_accept_prob=cfg.target_accept, max_tree_depth=cfg.max_tree_depth,
                   jit_compile=cfg.jit, ignore_jit_warnings=True)
     mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, initial_params={"z": z0},

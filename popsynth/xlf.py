@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, as_tensor
+from ._tensor import DTYPE, as_tensor, empty_cpu
 from .errors import PopsynthError
 from .grid import N_BLOCKS, Grid
 
@@ -274,7 +274,10 @@ def apply_block_weights(phi0: torch.Tensor, weights: torch.Tensor, grid: Grid) -
         raise PopsynthError(f"weights must have {N_BLOCKS} entries per start, got {weights.shape[-1]}",
                             "pass a [n_starts, 15] tensor")
     field = weights[:, grid.block_index.to(weights.device)]  # [B, nL, nN]
-    return phi0[None] * field[:, None]
+    if torch.is_grad_enabled() and (phi0.requires_grad or weights.requires_grad):
+        return phi0[None] * field[:, None]
+    out = empty_cpu((field.shape[0],) + tuple(phi0.shape), torch.result_type(phi0, weights), phi0.device)  # huge pages
+    return torch.mul(phi0[None], field[:, None], out=out)
 
 
 def integrate_number_density(phi: torch.Tensor, grid: Grid) -> torch.Tensor:

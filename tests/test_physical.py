@@ -291,7 +291,9 @@ def test_cli_writes_the_outputs(pp, table, tmp_path, monkeypatch):
     for f in ("summary.json", "xlf_best.h5", "parameter_samples.csv", "cxb_model.ecsv", "parameters.md", "corner.png"):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
-    assert s["sampler"]["threads"] == 1
+    assert s["sampler"]["threads"] == 1 and s["sampler"]["adapt_mass_matrix"] is False  # whitened by Laplace
+    assert s["sampler"]["potential_evaluations"] >= 2 * (10 + 12)
+    assert s["sampler"]["evaluations_per_iteration"] == pytest.approx(s["sampler"]["potential_evaluations"] / 22, abs=0.01)
     assert set(s["parameters"]) == {"logLstar", "psi0_lo", "f_ct_lo"}
     assert "xlf:ueda14" in s["chi2_at_median"] and s["groups"]["binned_xlf"]["points"] > 50
     assert 0 < s["ct_fraction_z0.1"]["p16"] <= s["ct_fraction_z0.1"]["median"] <= s["ct_fraction_z0.1"]["p84"] < 1
@@ -537,7 +539,7 @@ def test_block_weight_coordinates_and_sampler():
     u0 = pm.u_of(torch.log10(torch.tensor([[2.0] * 7 + [1.0] * 8], dtype=D)))
     d = pm.dtheta_du(u0)[0]
     post = sample(v, u0, torch.diag(0.25 / d ** 2), chains=2, warmup=60, samples=200, seed=3)
-    assert post.settings["pilot"] is True
+    assert post.settings["pilot"] is True and post.settings["adapt_mass_matrix"] is True
     assert float(post.r_hat.max()) < 1.05 and post.divergences == 0
     lw = pm.theta(post.u.reshape(-1, 15))
     grid = torch.linspace(-6.0, 3.0, 20001, dtype=D)

@@ -143,6 +143,29 @@ def test_phi0_cell_average_and_weights():
     assert phi[2, iz, il, inn].item() == pytest.approx(phi0[iz, il, inn].item() * w[2, k].item(), rel=1e-14)
 
 
+def test_block_weighted_cubes_same_numbers_on_every_allocation_path():
+    """apply_block_weights writes large CPU cubes into numpy-allocated memory (huge pages) and keeps
+    autograd when an input requires it: the same bits as the plain broadcast product either way."""
+    from popsynth._tensor import LARGE_BUFFER_BYTES, empty_cpu
+
+    g = Grid()
+    phi0 = build_phi0(g)
+    w = torch.rand(3, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.5
+    plain = phi0[None] * w[:, g.block_index][:, None]
+    assert plain.numel() * 8 > LARGE_BUFFER_BYTES  # the numpy-backed path
+    assert torch.equal(apply_block_weights(phi0, w, g), plain)
+    wg = w.clone().requires_grad_(True)
+    out = apply_block_weights(phi0, wg, g)
+    assert out.requires_grad and torch.equal(out.detach(), plain)
+    (gw,) = torch.autograd.grad(out.sum(), wg)
+    expect = torch.stack([phi0.sum(0)[g.block_index == k].sum() for k in range(15)])
+    assert torch.allclose(gw, expect.expand(3, 15), rtol=1e-12, atol=0)
+    small = empty_cpu((4, 5))
+    assert small.shape == (4, 5) and small.dtype == torch.float64
+    big = empty_cpu((2, 1 << 19))
+    assert big.shape == (2, 1 << 19) and big.is_contiguous() and big.dtype == torch.float64
+
+
 def test_l_moment_cube_integrates_luminosity_exactly():
     # single power-law cell check: the L-weighted cell average times L_c dlogL is the exact integral
     g = Grid(z=np.array([0.5, 1.0, 1.5]))
