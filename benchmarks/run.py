@@ -166,10 +166,12 @@ def _run_case_child(name, repeats, starts):
 
 def _train(out_dir: Path, extra: list[str], env: dict, timeout: float) -> dict:
     """train.py as a user runs it, timed with /usr/bin/time-like accounting via a wrapper child."""
-    code = ("import resource, runpy, sys, time, json; t = time.perf_counter(); sys.argv = ['train.py'] + sys.argv[1:];\n"
-            "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
-            "print(json.dumps({'wall_s': time.perf_counter() - t, "
-            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    # train.py ends with popsynth.console.exit_fast (atexit handlers, then os._exit): the JSON line
+    # is printed by an atexit handler, at the return of main
+    code = ("import atexit, resource, runpy, sys, time, json; t = time.perf_counter(); sys.argv = ['train.py'] + sys.argv[1:];\n"
+            "atexit.register(lambda: print(json.dumps({'wall_s': time.perf_counter() - t, "
+            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True))\n"
+            "runpy.run_path('train.py', run_name='__main__')")
     args = [sys.executable, "-c", code, "--spec-set", "5", "--quiet", "--out", str(out_dir)] + extra
     load0 = os.getloadavg()
     data, wall, peak, err = _subprocess(args, env, timeout)

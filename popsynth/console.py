@@ -50,5 +50,36 @@ def main(argv=None) -> int:
     return 0 if code is None else int(code)
 
 
+def exit_fast(code) -> None:
+    """End the process with exit status ``code`` without the interpreter's teardown: flush
+    stdout and stderr, run the ``atexit`` handlers (logging, h5py, tqdm, dask finalizers: what
+    a normal exit runs first), then ``os._exit``. Skipped is only the final garbage collection
+    and module / C++ static teardown, which for torch takes 0.7-0.9 s on the 2-core VM (measured:
+    ``python -c "import torch"`` exits 0.7 s after its last line) and writes nothing. Every file a
+    command writes is closed (atomic writes) before it returns. ``POPSYNTH_FAST_EXIT=0``: a
+    normal ``sys.exit``. Used by the command-line entry points only (``train.py``, ``popsynth``),
+    never by library calls."""
+    import atexit
+    import os
+
+    code = 0 if code is None else int(code)
+    if os.environ.get("POPSYNTH_FAST_EXIT", "1") == "0":
+        sys.exit(code)
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os._exit(code)
+
+
+def script() -> None:
+    """The ``popsynth`` console script: :func:`main` on ``sys.argv``, then :func:`exit_fast`."""
+    exit_fast(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

@@ -45,6 +45,24 @@ def test_ecsv_round_trip_with_unit_conversion(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["t.ecsv"]  # no temporary file left
 
 
+def test_ecsv_reads_are_memoised_per_file_version(tmp_path):
+    """A table read twice in one process is parsed once (by path, mtime and size); each caller
+    gets its own copy, and a rewritten file is read again."""
+    import popsynth.io.ecsv as ec
+
+    p = tmp_path / "t.ecsv"
+    write_ecsv(p, columns={"x": np.arange(3.0)}, units={"x": "keV"})
+    a = read_ecsv(p)
+    n = len(ec._READ)
+    b = read_ecsv(p)
+    assert len(ec._READ) == n and a.table is not b.table
+    a.table["x"][0] = 99.0  # a caller's change does not reach the next reader
+    assert read_ecsv(p).column("x", "keV")[0] == 0.0
+    write_ecsv(p, columns={"x": np.arange(4.0) + 1}, units={"x": "keV"})
+    os.utime(p, ns=(1, 1))  # a new version even on a coarse clock
+    np.testing.assert_array_equal(read_ecsv(p).column("x", "keV"), [1.0, 2.0, 3.0, 4.0])
+
+
 def test_ecsv_errors_name_the_file_and_the_problem(tmp_path):
     p = tmp_path / "t.ecsv"
     with pytest.raises(PopsynthError, match=r"counts file .*t\.ecsv: file not found"):

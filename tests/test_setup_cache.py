@@ -125,3 +125,25 @@ def test_shipped_table_check_reads_todays_physics_from_the_cache(monkeypatch):
     shipped.check_shipped_tables(("slab",))
     assert calls == [1]
     shipped._clear_check_caches()
+
+
+def test_starting_cubes_cached_bit_for_bit(tmp_path, monkeypatch):
+    """run.starting_cube: the first call builds and writes the cube, the second reads it; both equal
+    build_phi0 / build_phi0_a15 bit for bit; l_moment and the XLF are in the key; a damaged file is
+    rebuilt."""
+    from popsynth.run import starting_cube
+    from popsynth.xlf_a15 import build_phi0_a15
+
+    monkeypatch.setenv("POPSYNTH_CACHE", str(tmp_path))
+    grid = Grid()
+    want = {("u14", 0): build_phi0(grid, "a19"), ("u14", 1): build_phi0(grid, "a19", l_moment=1),
+            ("a15", 1): build_phi0_a15(grid, "a19", l_moment=1)}
+    for (xlf, lm), ref in want.items():
+        assert torch.equal(starting_cube(xlf, grid, "a19", lm, "cpu"), ref)  # built and written
+    files = sorted((tmp_path / "cubes").glob("*.pt"))
+    assert len(files) == 3
+    for (xlf, lm), ref in want.items():
+        assert torch.equal(starting_cube(xlf, grid, "a19", lm, "cpu"), ref)  # read back
+    files[0].write_bytes(b"damaged")
+    for (xlf, lm), ref in want.items():
+        assert torch.equal(starting_cube(xlf, grid, "a19", lm, "cpu"), ref)

@@ -112,14 +112,28 @@ def read_ecsv(path, label: str = "table", fix: str = "check the file", missing_f
     path = Path(path)
     if not path.is_file():
         raise PopsynthError(f"{label} {path}: file not found", fix if missing_fix is None else missing_fix)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnitsWarning)
-            table = Table.read(path, format="ascii.ecsv")
-    except Exception as exc:  # astropy raises many types; the user gets one message
-        detail = " ".join(str(exc).split())[:200].rstrip(". ") or "no detail"
-        raise PopsynthError(f"{label} {path}: not a readable ECSV table ({type(exc).__name__}: {detail})", fix) from None
-    return EcsvTable(table, path, label, fix)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    table = _READ.get(key)
+    if table is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnitsWarning)
+                table = Table.read(path, format="ascii.ecsv")
+        except Exception as exc:  # astropy raises many types; the user gets one message
+            detail = " ".join(str(exc).split())[:200].rstrip(". ") or "no detail"
+            raise PopsynthError(f"{label} {path}: not a readable ECSV table ({type(exc).__name__}: {detail})", fix) from None
+        if len(_READ) >= _READ_MAX:
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = table
+    return EcsvTable(table.copy(), path, label, fix)
+
+
+#: Tables read in this process, by (path, modification time, size): a run reads each data table
+#: twice (the early check of every input, then the set-up), and astropy's ECSV parser takes
+#: ~10 ms per file. A changed file (new mtime or size) is read again; callers get a copy.
+_READ: dict = {}
+_READ_MAX = 64
 
 
 def write_ecsv(path, table=None, *, columns: dict | None = None, units: dict | None = None,

@@ -605,7 +605,7 @@ def _rebin_flat(
     k = k.clamp(0, n - 1)
     frac = ((rest - edges[k]) / width[k]).clamp(0.0, 1.0)
     # broadcast to a common batch shape
-    lead = torch.broadcast_shapes(cum.shape[:-1], rest.shape[:-1])
+    lead = np.broadcast_shapes(tuple(cum.shape[:-1]), tuple(rest.shape[:-1]))
     cum_b = cum.expand(*lead, n + 1)
     content_b = content.expand(*lead, n)
     k_b = k.expand(*lead, rest.shape[-1])
