@@ -107,14 +107,21 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
     # same bits
     lf = torch.log(fp.clamp_min(1e-300)).reshape(-1, fp.shape[-1]).T.contiguous()  # [n, M]
     slope = lf[1:] - lf[:-1]  # [n - 1, M]
-    out = slope.index_select(0, lo).mul_(t[:, None]).add_(lf.index_select(0, lo))  # [Q, M]: f0 + (f1 - f0) t
-    # values at or below 1e-290 (interpolated zeros) become 0; in place unless autograd holds
-    # exp's result for the backward pass
     threshold = torch.nn.functional.threshold
-    out = threshold(out.exp(), 1e-290, 0.0) if out.requires_grad else threshold(out.exp_(), 1e-290, 0.0, inplace=True)
+    if torch.is_grad_enabled() and (x.requires_grad or xp.requires_grad or fp.requires_grad):
+        out = slope.index_select(0, lo).mul_(t[:, None]).add_(lf.index_select(0, lo))  # [Q, M]: f0 + (f1 - f0) t
+        # values at or below 1e-290 (interpolated zeros) become 0 (out of place: autograd holds
+        # exp's result for the backward pass)
+        return threshold(out.exp(), 1e-290, 0.0).T.contiguous().reshape(*fp.shape[:-1], *x.shape)
+    # the same operations in place, in buffers from :func:`empty_cpu` (the [Q, M] intermediates of
+    # a CXB kernel are 4 MB each: fresh torch allocations cost ~1,300 page faults per call)
+    q, m = lo.numel(), lf.shape[1]
+    out = torch.index_select(slope, 0, lo, out=empty_cpu((q, m), lf.dtype, lf.device)).mul_(t[:, None])
+    out.add_(torch.index_select(lf, 0, lo, out=empty_cpu((q, m), lf.dtype, lf.device)))
+    threshold(out.exp_(), 1e-290, 0.0, inplace=True)
     # contiguous [..., *x.shape] as before: kernels built from it keep the layout their
     # contractions expect (a strided kernel costs a copy in every einsum that uses it)
-    return out.T.contiguous().reshape(*fp.shape[:-1], *x.shape)
+    return empty_cpu((m, q), out.dtype, out.device).copy_(out.T).reshape(*fp.shape[:-1], *x.shape)
 
 
 class Bracket(NamedTuple):

@@ -151,3 +151,20 @@ def test_device_messages_name_the_parameter():
     assert "use --device cpu, or install a CUDA build" in flag_text(msg)
     with pytest.raises(PopsynthError, match="use `device` cpu, cuda, cuda:N, mps or auto"):
         resolve_device("tpu7")
+
+
+def test_interp_loglog_large_outputs_in_numpy_buffers_same_bits():
+    """A CXB-kernel-sized interpolation (60 cells x 119 z x 74 energies, 4.2 MB): the no-autograd
+    path writes into numpy-allocated buffers (huge pages, :func:`popsynth._tensor.empty_cpu`);
+    the same bits as the former formula and as the autograd path."""
+    from popsynth._tensor import LARGE_BUFFER_BYTES
+
+    gen = torch.Generator().manual_seed(3)
+    xp = torch.logspace(-1, 3, 400, dtype=DT)
+    fp = torch.rand(60, 400, generator=gen, dtype=DT) * 1e-3 + 1e-6
+    x = torch.rand(119, 74, generator=gen, dtype=DT) * 900 + 0.2
+    assert 60 * x.numel() * 8 >= LARGE_BUFFER_BYTES
+    got = interp_loglog(x, xp, fp)
+    assert got.is_contiguous() and got.shape == (60, 119, 74)
+    assert torch.equal(got, _old_interp_loglog(x, xp, fp))
+    assert torch.equal(got, interp_loglog(x, xp, fp.clone().requires_grad_(True)).detach())
