@@ -104,7 +104,8 @@ def test_installed_wheel_runs_a_fit_outside_the_repository(wheel, tmp_path):
     assert res["rc"] == 0, r.stderr[-3000:]
     assert res["kinds"] == ["torus", "slab"] and len(res["n_cxb"]) == 3 and min(res["n_cxb"]) > 0
     assert Path(res["data_dir"]) == target / "popsynth" / "_data"
-    assert len(res["cache"]) == 1 and res["cache"][0].startswith("set5-")  # the spectral table, in POPSYNTH_CACHE
+    # the spectral table and the three starting cubes (run.starting_cube), all in POPSYNTH_CACHE
+    assert [c.split("-")[0] for c in res["cache"]] == ["a15", "set5", "u14", "u14"], res["cache"]
     for name in ("checkpoint.pt", "xlf_best.h5", "xlf_best_a19.npy", "cxb_model.ecsv", "summary.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
