@@ -36,7 +36,6 @@ import math
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,22 +157,17 @@ def setup(spec_set: int = 5, model: PhysicalModel | None = None, draws: int = 64
 
 
 # ---------------------------------------------------------------------------- mode
-@contextmanager
 def _threads_ctx(threads: int | None):
     """torch's intra-op threads for the mode and the sampler: ``threads`` (None: torch's default,
     the machine's cores or OMP_NUM_THREADS). The sparse node contractions of the free-spectra
     model (11.6M nonzeros) are memory-bound products that two threads on two cores do 25-40 %
     faster (benchmarks/bench_physical.py --threads); on a machine shared with other jobs, one thread
     (``--threads 1`` or OMP_NUM_THREADS=1) avoids threads spinning while another process holds a core."""
-    n = torch.get_num_threads()
-    if threads is not None:
-        if not (isinstance(threads, int) and threads >= 1):
-            raise PopsynthError(f"`threads` must be a positive integer, got {threads!r}", "pass e.g. --threads 1")
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    from .posterior import torch_threads
+
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise PopsynthError(f"`threads` must be a positive integer, got {threads!r}", "pass e.g. --threads 1")
+    return torch_threads(threads)
 
 
 def find_mode(pp: PhysicalProblem, u0: torch.Tensor, steps: int = 100, rtol: float = 1e-10):

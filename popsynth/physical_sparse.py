@@ -148,13 +148,16 @@ class NodeContraction:
                 count[kind] += 1
         self.rows_k = torch.as_tensor(rows_k, dtype=torch.long)
         self.rows_g = torch.as_tensor(rows_g, dtype=torch.long)
-        self.a_k = self._pair(parts["k"], count["k"], n)
-        self.a_g = self._pair(parts["g"], count["g"], n)
+        self._finish(self._pair(parts["k"], count["k"], n), self._pair(parts["g"], count["g"], n), nnz_k_total)
+
+    def _finish(self, a_k, a_g, nnz_dense_form) -> None:
+        """The matrices of both forms, and what derives from them and rows_k / rows_g."""
+        self.a_k, self.a_g = a_k, a_g
         order = torch.cat([self.rows_k, self.rows_g])
         self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(rows)
+        self.inverse[order] = torch.arange(order.numel())
         self.nnz = sum(p.nnz for p in (self.a_k, self.a_g) if p is not None)
-        self.nnz_dense_form = int(nnz_k_total)
+        self.nnz_dense_form = int(nnz_dense_form)
 
     @staticmethod
     def _pair(part, n_rows: int, n: int):
@@ -211,12 +214,7 @@ class NodeContraction:
                 mats = [torch.sparse_csr_tensor(d[f"{kind}_{key}crow"], d[f"{kind}_{key}col"], d[f"{kind}_{key}values"],
                                                 tuple(int(x) for x in d[f"{kind}_{key}size"])) for key in ("", "t_")]
                 pairs[kind] = _CSRPair(*mats)
-        self.a_k, self.a_g = pairs["k"], pairs["g"]
-        order = torch.cat([self.rows_k, self.rows_g])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(order.numel())
-        self.nnz = sum(p.nnz for p in (self.a_k, self.a_g) if p is not None)
-        self.nnz_dense_form = int(d["nnz_dense_form"])
+        self._finish(pairs["k"], pairs["g"], d["nnz_dense_form"])
         return self
 
     @property

@@ -93,15 +93,22 @@ class PosteriorSamples:
 
 
 @contextmanager
-def _one_thread():
-    """The sampler's tensors are tiny: intra-op threads only add synchronisation (and spin badly
-    when another process holds a core), so sampling runs on one thread."""
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` inside the block (None: left as they are),
+    restored after it."""
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     try:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def _one_thread():
+    """The sampler's tensors are tiny: intra-op threads only add synchronisation (and spin badly
+    when another process holds a core), so sampling runs on one thread."""
+    return torch_threads(1)
 
 
 def neg_log_posterior(lik: Likelihood, prior: LogWeightPrior, w: torch.Tensor) -> torch.Tensor:
