@@ -74,10 +74,10 @@ LARGE_BUFFER_BYTES = 4 << 20
 def empty_cpu(shape, dtype: torch.dtype = DTYPE, device: torch.device | str | None = None) -> torch.Tensor:
     """An uninitialised tensor [shape] on ``device``. On the CPU, buffers of 4 MiB and more are
     allocated by numpy (shared, ``torch.from_numpy``): numpy asks the kernel for transparent huge
-    pages on large allocations (``madvise``), so writing a fresh 68 MB cube takes a few dozen page
-    faults instead of 17,000 (torch's allocator maps 4 KiB pages; its ``THP_MEM_ALLOC_ENABLE``
-    applies to every allocation of the process and stalled the set-up on compaction here,
-    benchmarks/README.md). Other devices and small buffers: ``torch.empty``."""
+    pages on large allocations (``madvise``): measured, the CXB cube path (a fresh 68 MB cube per
+    call) takes ~400 page faults per call instead of ~17,000 (torch's allocator maps 4 KiB pages;
+    its ``THP_MEM_ALLOC_ENABLE`` applies to every allocation of the process and stalled the set-up
+    on compaction here, benchmarks/README.md). Other devices and small buffers: ``torch.empty``."""
     dev = torch.device("cpu") if device is None else torch.device(device)
     shape = tuple(int(s) for s in shape)
     n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
@@ -114,7 +114,8 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
         # exp's result for the backward pass)
         return threshold(out.exp(), 1e-290, 0.0).T.contiguous().reshape(*fp.shape[:-1], *x.shape)
     # the same operations in place, in buffers from :func:`empty_cpu` (the [Q, M] intermediates of
-    # a CXB kernel are 4 MB each: fresh torch allocations cost ~1,300 page faults per call)
+    # a CXB kernel are 4 MB each: measured, ~1,300 page faults per kernel call with fresh torch
+    # allocations, ~60 with these)
     q, m = lo.numel(), lf.shape[1]
     out = torch.index_select(slope, 0, lo, out=empty_cpu((q, m), lf.dtype, lf.device)).mul_(t[:, None])
     out.add_(torch.index_select(lf, 0, lo, out=empty_cpu((q, m), lf.dtype, lf.device)))
