@@ -138,6 +138,22 @@ class Grid:
             self._cache[key] = make()
         return self._cache[key]
 
+    def block_slices(self) -> tuple[list[slice], list[slice]]:
+        """The blocks as contiguous cell ranges: (log L slices [n_lum], log N_H slices [n_classes]).
+
+        Block k = n_lum * c + j holds the cells [lum[j], nh[c]]. The cell edges increase and
+        contain every block boundary, so each range is one non-empty run of cells."""
+
+        def runs(of_cells, n):
+            of_cells = np.asarray(of_cells)
+            out = [slice(int(np.searchsorted(of_cells, i, "left")), int(np.searchsorted(of_cells, i, "right")))
+                   for i in range(n)]
+            assert all(s.stop > s.start for s in out) and np.all(np.diff(of_cells) >= 0)
+            return out
+
+        return self._cached(("block_slices",), lambda: (runs(self.blocks.ranges_of_cells(self.logl), self.blocks.n_lum),
+                                                       runs(self.blocks.classes_of_cells(self.lognh), self.blocks.n_classes)))
+
     def block_masks(self, device=None) -> torch.Tensor:
         """One-hot block membership, float64 [N_BLOCKS, nL, nN] (a shared buffer: do not modify)."""
         dev = torch.device("cpu") if device is None else torch.device(device)

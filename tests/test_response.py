@@ -6,7 +6,7 @@ import torch
 
 from popsynth.blocks import BLOCKS, Blocks
 from popsynth.grid import Grid, N_BLOCKS, block_index_of, block_names, lum_range_of_blocks, nh_class_of_blocks
-from popsynth.response import (block_counts_response, counts_response, cxb_response, dndz_response,
+from popsynth.response import (block_counts_response, block_cxb_response, counts_response, cxb_response, dndz_response,
                                intrinsic_block_counts, intrinsic_block_dndz, intrinsic_ct_fraction, selected_counts)
 
 DT = torch.float64
@@ -45,6 +45,28 @@ def test_cxb_block_response_is_the_cube_kernel_on_the_block_cubes(small):
     g, phi, gen = small
     k = torch.rand(g.shape[0], g.shape[2], 7, generator=gen, dtype=DT)
     _close(cxb_response(phi, k, g, select=g.block_masks()), cxb_response(_masked(phi, g), k, g))
+
+
+def test_cxb_block_response_by_rectangles_equals_the_masked_contraction(small):
+    # block_cxb_response sums each block's rectangle of cells (log L range x N_H class) instead of
+    # contracting with the one-hot masks: the same sums in another order, so equal to rounding
+    g, phi, gen = small
+    lum, nh = g.block_slices()
+    assert [(s.start, s.stop) for s in lum] == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 24)]  # 0.25 dex cells
+    assert [(s.start, s.stop) for s in nh] == [(0, 4), (4, 8), (8, 12)]  # 0.5 dex cells
+    for k in range(15):  # the rectangles are the masks
+        c, j = divmod(k, 5)
+        rect = torch.zeros(g.shape[1:], dtype=DT)
+        rect[lum[j], nh[c]] = 1.0
+        assert torch.equal(rect, g.block_masks()[k])
+    k = torch.rand(g.shape[0], g.shape[2], 7, generator=gen, dtype=DT)
+    _close(block_cxb_response(phi, k, g), cxb_response(phi, k, g, select=g.block_masks()), 1e-13)
+    _close(block_cxb_response(phi, k, g), cxb_response(_masked(phi, g), k, g), 1e-13)
+    # a grid reaching below log L 41 and above 47 puts those cells in the end ranges
+    g2 = Grid(z=g.z, logl_edges=np.linspace(40, 48, 33), lognh_edges=g.lognh_edges)
+    assert [(s.start, s.stop) for s in g2.block_slices()[0]] == [(0, 8), (8, 12), (12, 16), (16, 20), (20, 32)]
+    phi2 = torch.rand(g2.shape, generator=gen, dtype=DT)
+    _close(block_cxb_response(phi2, k, g2), cxb_response(phi2, k, g2, select=g2.block_masks()), 1e-13)
 
 
 def test_counts_block_response_is_the_cube_kernel_on_the_block_cubes(small):
