@@ -111,7 +111,7 @@ def kernel_case(name: str, repeats: int, starts: int) -> dict:
         elif name == "block response":
             tp, tr, a, b = _pair(lambda: block_response(phi1, k, grid),
                                  lambda: ref.block_response(phi1n, kn, bi, grid.logl, grid.dlogl), repeats)
-            out["note"] = "A[15, 74], the one-time contraction"
+            out["note"] = "A[15, 74], the one-time contraction, block by block (rectangles of cells) on both sides"
         elif name == "CXB, block path":
             a_t = block_response(phi1, k, grid)
             a_n = a_t.numpy()
@@ -272,10 +272,16 @@ def main(argv=None):
         if not a.quick:
             ends.append(("--mode cxb --starts 100000", ["--mode", "cxb", "--starts", "100000"]))
         for i, (label, extra) in enumerate(ends):
-            r = _train(Path(tmp) / f"run{i}", extra, env, 3600)
+            # the runs of a few seconds are timed 3 times (a single process time on a shared VM
+            # scatters by 20-40 %); the row is the run of median process time, with the range
+            n = 1 if a.quick or "100000" in label or "a19" in label else 3
+            tries = [_train(Path(tmp) / f"run{i}_{j}", extra, env, 3600) for j in range(n)]
+            ok = sorted((t for t in tries if t["ok"]), key=lambda t: t["process_s"])
+            r = ok[len(ok) // 2] if ok else tries[0]
+            r["process_runs"] = [t["process_s"] for t in tries if t["ok"]]
             r["label"] = label
             runs.append(r)
-            print(f"{label:28s} wall {r['wall_s']:7.1f} s  set-up {r['setup_s'] or float('nan'):5.1f} s  "
+            print(f"{label:28s} process {', '.join(f'{x:.1f}' for x in r['process_runs'])} s  wall {r['wall_s']:7.1f} s  set-up {r['setup_s'] or float('nan'):5.1f} s  "
                   f"steps {r['steps']}  peak RSS {r['peak_rss_mib']:.0f} MiB  load {r['load_before'][0]:.2f}",
                   file=sys.stderr)
     acc = _accuracy(env, a.quick)
@@ -337,6 +343,9 @@ def render(res: dict) -> str:
         setup = f"{r['setup_s']:.1f} s" if r["setup_s"] is not None else "-"
         stopped = f"{r['stalled']}/{r['starts']}" if r.get("stalled") is not None else "-"
         proc = f"{r['process_s']:.1f} s" if r.get("process_s") is not None else "-"
+        if len(r.get("process_runs") or []) > 1:
+            pr = r["process_runs"]
+            proc += f" (median of {len(pr)}: {min(pr):.1f}-{max(pr):.1f} s)"
         lines.append(f"| `{r['args']}` | {proc} | {r['wall_s']:.1f} s | {setup} | {r['steps']} ({r.get('steps_max', '-')}) | "
                      f"{stopped} | {r['peak_rss_mib']:.0f} MiB | {r['load_before'][0]:.2f} |" + ("" if r["ok"] else " failed"))
     acc = res.get("accuracy") or {}

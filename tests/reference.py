@@ -91,13 +91,22 @@ def cxb_kernel(z, z_weights, dvc_dz_dsr, d_l_cm, dlognh, energy, mean_spectra, e
     return geom[:, None, None] * (e_obs ** 2)[None, None, :] * s.transpose(1, 0, 2) * dlognh[None, :, None]
 
 
-def block_response(phi1, kernel, block_index, logl, dlogl, n_blocks: int = 15):
+def _runs(labels, n):
+    """The cells of each label 0..n-1 of a sorted label array [m] as n slices (each label one run)."""
+    return [slice(int(np.searchsorted(labels, i, "left")), int(np.searchsorted(labels, i, "right"))) for i in range(n)]
+
+
+def block_response(phi1, kernel, block_index, logl, dlogl, n_lum: int = 5, n_classes: int = 3):
     """A[k, e]: CXB of block k at unit weight; phi1 [nz, nL, nN] (L moment), kernel [nz, nN, nE],
-    block_index [nL, nN] ints."""
+    block_index [nL, nN] ints (k = n_lum * class + L range). The blocks are rectangles of cells, so
+    the sum runs over each L range, then over the N_H cells of each class (the one-hot contraction
+    of the 15 masks, sum_{z,l,n} m[z,l,n] mask_k[l,n] K[z,n,e], does 6 times the arithmetic)."""
     m = phi1 * (10.0 ** logl * dlogl)[:, None]  # [nz, nL, nN]
-    onehot = (block_index[None] == np.arange(n_blocks)[:, None, None]).astype(np.float64)
-    mk = np.einsum("zln,kln->kzn", m, onehot, optimize=True)
-    return np.tensordot(mk, kernel, axes=([1, 2], [0, 1]))
+    lum = _runs(block_index[:, 0] % n_lum, n_lum)
+    nh = _runs(block_index[0, :] // n_lum, n_classes)
+    s = np.stack([m[:, sl].sum(axis=1) for sl in lum])  # [n_lum, nz, nN]
+    ne = kernel.shape[-1]
+    return np.concatenate([s[:, :, sn].reshape(n_lum, -1) @ kernel[:, sn].reshape(-1, ne) for sn in nh])
 
 
 def cxb_blocks(w, response, extra):
