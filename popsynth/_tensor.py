@@ -113,16 +113,31 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
         # values at or below 1e-290 (interpolated zeros) become 0 (out of place: autograd holds
         # exp's result for the backward pass)
         return threshold(out.exp(), 1e-290, 0.0).T.contiguous().reshape(*fp.shape[:-1], *x.shape)
-    # the same operations in place, in buffers from :func:`empty_cpu` (the [Q, M] intermediates of
-    # a CXB kernel are 4 MB each: measured, ~1,300 page faults per kernel call with fresh torch
-    # allocations, ~60 with these)
+    out = _interp_rows(lf, slope, lo, t)  # [Q, M]
+    # contiguous [..., *x.shape] as before: kernels built from it keep the layout their
+    # contractions expect (a strided kernel costs a copy in every einsum that uses it)
+    return empty_cpu(out.T.shape, out.dtype, out.device).copy_(out.T).reshape(*fp.shape[:-1], *x.shape)
+
+
+def interp_loglog_query_major(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """:func:`interp_loglog` without autograd, in the query-major layout: [x.numel(), M] with M =
+    fp.shape[:-1] flattened (element [q, m] is interp_loglog(x, xp, fp)[m, q], bit for bit). For a
+    caller that transposes anyway (the CXB kernel), this saves one full copy."""
+    lx = torch.log(x)
+    lo, _, t, _ = bracket(torch.log(xp), lx.reshape(-1), right=False)
+    lf = torch.log(fp.clamp_min(1e-300)).reshape(-1, fp.shape[-1]).T.contiguous()  # [n, M]
+    return _interp_rows(lf, lf[1:] - lf[:-1], lo, t)
+
+
+def _interp_rows(lf: torch.Tensor, slope: torch.Tensor, lo: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """exp(lf[lo] + slope[lo] t) [Q, M], interpolated zeros (<= 1e-290) set to 0: the no-autograd
+    path of :func:`interp_loglog`, in place in buffers from :func:`empty_cpu` (the [Q, M]
+    intermediates of a CXB kernel are 4 MB each: measured, ~1,300 page faults per kernel call with
+    fresh torch allocations, ~60 with these)."""
     q, m = lo.numel(), lf.shape[1]
     out = torch.index_select(slope, 0, lo, out=empty_cpu((q, m), lf.dtype, lf.device)).mul_(t[:, None])
     out.add_(torch.index_select(lf, 0, lo, out=empty_cpu((q, m), lf.dtype, lf.device)))
-    threshold(out.exp_(), 1e-290, 0.0, inplace=True)
-    # contiguous [..., *x.shape] as before: kernels built from it keep the layout their
-    # contractions expect (a strided kernel costs a copy in every einsum that uses it)
-    return empty_cpu((m, q), out.dtype, out.device).copy_(out.T).reshape(*fp.shape[:-1], *x.shape)
+    return torch.nn.functional.threshold(out.exp_(), 1e-290, 0.0, inplace=True)
 
 
 class Bracket(NamedTuple):

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from ._tensor import as_tensor, empty_cpu, interp_loglog
+from ._tensor import as_tensor, empty_cpu, interp_loglog, interp_loglog_query_major
 from .blocks import BLOCKS
 from .cosmology import CosmologyParams
 from .errors import PopsynthError
@@ -65,13 +65,18 @@ def cxb_kernel(table: SpectralTable, grid: Grid, e_obs, cosmology: CosmologyPara
     wz = as_tensor(grid.z_weights, e.device)
     geom = wz * d["dvc_dz_dsr_mpc3"] * (1 + z) ** 2 / (4 * math.pi * d["d_l_cm"] ** 2)  # [nz] Mpc^3 sr^-1 cm^-2
     erest = e[None, :] * (1 + z[:, None])  # [nz, nE]
-    s = interp_loglog(erest, table.energy.to(e.device), table.mean.to(e.device))  # [nN, nz, nE]
+    energy, mean = table.energy.to(e.device), table.mean.to(e.device)
     dlognh = as_tensor(grid.dlognh, e.device)
     front = geom[:, None, None] * (e ** 2)[None, None, :]  # [nz, 1, nE]
-    if torch.is_grad_enabled() and (s.requires_grad or front.requires_grad):
+    if torch.is_grad_enabled() and (mean.requires_grad or energy.requires_grad or front.requires_grad):
+        s = interp_loglog(erest, energy, mean)  # [nN, nz, nE]
         return front * s.permute(1, 0, 2) * dlognh[None, :, None]
-    out = empty_cpu((front.shape[0], s.shape[0], front.shape[2]), s.dtype, s.device)  # no page faults (4 MB)
-    return torch.mul(front, s.permute(1, 0, 2), out=out).mul_(dlognh[None, :, None])  # the same operations in order
+    # the same operations in order; the spectra in the interpolation's query-major layout
+    # [nz * nE, nN] go straight into the product (no transposed copy)
+    nz, ne, nn = erest.shape[0], erest.shape[1], mean.shape[0]
+    s = interp_loglog_query_major(erest, energy, mean).view(nz, ne, nn).permute(0, 2, 1)  # [nz, nN, nE] strided
+    out = empty_cpu((nz, nn, ne), s.dtype, s.device)  # no page faults (4 MB)
+    return torch.mul(front, s, out=out).mul_(dlognh[None, :, None])
 
 
 def cxb_from_cube(phi: torch.Tensor, kernel: torch.Tensor, grid: Grid) -> torch.Tensor:

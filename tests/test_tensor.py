@@ -168,3 +168,8 @@ def test_interp_loglog_large_outputs_in_numpy_buffers_same_bits():
     assert got.is_contiguous() and got.shape == (60, 119, 74)
     assert torch.equal(got, _old_interp_loglog(x, xp, fp))
     assert torch.equal(got, interp_loglog(x, xp, fp.clone().requires_grad_(True)).detach())
+    # the query-major layout the CXB kernel reads: element [q, m] is interp_loglog's [m, q], bit for bit
+    from popsynth._tensor import interp_loglog_query_major
+
+    qm = interp_loglog_query_major(x, xp, fp)
+    assert qm.shape == (119 * 74, 60) and torch.equal(qm.T.reshape(60, 119, 74), got)
