@@ -98,35 +98,35 @@ def interp_loglog(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.
     enough for that). Zeros in fp interpolate as zero (log of a floor of 1e-300; results
     <= 1e-290 are set to 0).
     """
-    lx = torch.log(x)
-    lxp = torch.log(xp)
-    lo, _, t, _ = bracket(lxp, lx.reshape(-1), right=False)
+    if not (torch.is_grad_enabled() and (x.requires_grad or xp.requires_grad or fp.requires_grad)):
+        out = interp_loglog_query_major(x, xp, fp)  # [Q, M]
+        # contiguous [..., *x.shape] as before: kernels built from it keep the layout their
+        # contractions expect (a strided kernel costs a copy in every einsum that uses it)
+        return empty_cpu(out.T.shape, out.dtype, out.device).copy_(out.T).reshape(*fp.shape[:-1], *x.shape)
+    lf, slope, lo, t = _interp_setup(x, xp, fp)
+    out = slope.index_select(0, lo).mul_(t[:, None]).add_(lf.index_select(0, lo))  # [Q, M]: f0 + (f1 - f0) t
+    # values at or below 1e-290 (interpolated zeros) become 0 (out of place: autograd holds
+    # exp's result for the backward pass)
+    return torch.nn.functional.threshold(out.exp(), 1e-290, 0.0).T.contiguous().reshape(*fp.shape[:-1], *x.shape)
+
+
+def _interp_setup(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor):
+    """(log f in the node-major layout [n, M], its slopes [n - 1, M], the interval lo [Q] and the
+    fraction t [Q] of every query) for :func:`interp_loglog`."""
+    lo, _, t, _ = bracket(torch.log(xp), torch.log(x).reshape(-1), right=False)
     # node-major layout [n, M]: each query gathers one contiguous row (M values) instead of M
     # scattered ones, and the slope f1 - f0 of an interval is taken once per interval, not once
     # per query; the same operations on the same values as f0 + (f1 - f0) t per query, so the
     # same bits
     lf = torch.log(fp.clamp_min(1e-300)).reshape(-1, fp.shape[-1]).T.contiguous()  # [n, M]
-    slope = lf[1:] - lf[:-1]  # [n - 1, M]
-    threshold = torch.nn.functional.threshold
-    if torch.is_grad_enabled() and (x.requires_grad or xp.requires_grad or fp.requires_grad):
-        out = slope.index_select(0, lo).mul_(t[:, None]).add_(lf.index_select(0, lo))  # [Q, M]: f0 + (f1 - f0) t
-        # values at or below 1e-290 (interpolated zeros) become 0 (out of place: autograd holds
-        # exp's result for the backward pass)
-        return threshold(out.exp(), 1e-290, 0.0).T.contiguous().reshape(*fp.shape[:-1], *x.shape)
-    out = _interp_rows(lf, slope, lo, t)  # [Q, M]
-    # contiguous [..., *x.shape] as before: kernels built from it keep the layout their
-    # contractions expect (a strided kernel costs a copy in every einsum that uses it)
-    return empty_cpu(out.T.shape, out.dtype, out.device).copy_(out.T).reshape(*fp.shape[:-1], *x.shape)
+    return lf, lf[1:] - lf[:-1], lo, t
 
 
 def interp_loglog_query_major(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """:func:`interp_loglog` without autograd, in the query-major layout: [x.numel(), M] with M =
     fp.shape[:-1] flattened (element [q, m] is interp_loglog(x, xp, fp)[m, q], bit for bit). For a
     caller that transposes anyway (the CXB kernel), this saves one full copy."""
-    lx = torch.log(x)
-    lo, _, t, _ = bracket(torch.log(xp), lx.reshape(-1), right=False)
-    lf = torch.log(fp.clamp_min(1e-300)).reshape(-1, fp.shape[-1]).T.contiguous()  # [n, M]
-    return _interp_rows(lf, lf[1:] - lf[:-1], lo, t)
+    return _interp_rows(*_interp_setup(x, xp, fp))
 
 
 def _interp_rows(lf: torch.Tensor, slope: torch.Tensor, lo: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
